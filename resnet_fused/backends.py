@@ -1,0 +1,105 @@
+"""Which implementations this install has, and which one a call should use.
+
+Backends: ``cpu`` (C++, CPU tensors), ``cuda`` (C++/CUDA, CUDA tensors), ``triton`` (Triton, CUDA
+tensors, or CPU tensors under ``TRITON_INTERPRET=1``), ``aten`` (the reference composition, any
+device). ``auto`` picks ``cuda``, then ``triton`` on a GPU, and ``cpu`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from . import _C  # noqa: F401  (loads the op schemas and their C++ implementations)
+
+BACKENDS = ("cpu", "cuda", "triton", "aten")
+CHOICES = (*BACKENDS, "auto")
+
+
+@functools.cache
+def _cuda_kernels_built() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("resnet_fused::conv_bn_act", "CUDA")
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def backend_status() -> dict[str, str]:
+    """Each backend mapped to ``"available"`` or the reason it is not, and how to get it."""
+    status = {"cpu": "available", "aten": "available"}
+    if not _cuda_kernels_built():
+        status["cuda"] = (
+            "not built: this install of resnet_fused._C has no CUDA kernels; rebuild with a CUDA "
+            "build of torch and nvcc on PATH: `pip install --no-build-isolation -e .`"
+        )
+    elif not torch.cuda.is_available():
+        status["cuda"] = "built, but no CUDA device is visible"
+    else:
+        status["cuda"] = "available"
+    if not _triton_importable():
+        status["triton"] = "triton is not installed: `pip install triton`"
+    elif not (torch.cuda.is_available() or _triton_interpret()):
+        status["triton"] = "no CUDA device (CPU runs only under TRITON_INTERPRET=1, for tests)"
+    else:
+        status["triton"] = "available"
+    return status
+
+
+def available_backends() -> list[str]:
+    """The backends this install can run now, e.g. ``['cpu', 'aten']`` on a CPU-only machine."""
+    return [name for name, why in backend_status().items() if why == "available"]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for a tensor on ``device``; raises if ``backend`` cannot run there."""
+    if backend not in CHOICES:
+        raise ValueError(f"backend must be one of {CHOICES}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu":
+            return "cpu"
+        if device.type == "cuda":
+            for name in ("cuda", "triton"):
+                if backend_status()[name] == "available":
+                    return name
+        _warn_fallback(device.type)
+        return "aten"
+    if backend == "aten":
+        return backend
+    why = backend_status()[backend]
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
+    elif backend == "cuda":
+        if why != "available":
+            raise RuntimeError(f"backend='cuda' is unavailable: {why}")
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+    elif backend == "triton":
+        if not _triton_importable():
+            raise RuntimeError(f"backend='triton' is unavailable: {why}")
+        if device.type == "cpu" and not _triton_interpret():
+            raise ValueError(
+                "backend='triton' needs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"backend='triton' needs CUDA tensors, got tensors on {device}")
+    return backend
+
+
+@functools.cache
+def _warn_fallback(device_type: str) -> None:
+    warnings.warn(
+        f"resnet_fused: no fused backend is available on {device_type!r} "
+        f"({backend_status()}); using the reference composition (backend='aten')",
+        stacklevel=3,
+    )

@@ -1,0 +1,41 @@
+"""BatchNorm -> per-channel fp32 ``scale``/``shift`` for the fused epilogue.
+
+An eval-mode BatchNorm after a convolution is exactly ``y = conv(x) * scale + shift`` with
+
+    scale = gamma / sqrt(running_var + eps)
+    shift = beta - running_mean * scale   (+ conv_bias * scale when the conv has a bias)
+
+computed in fp32 (float64 internally) whatever the model's dtype. The conv weights are left
+untouched, so fp16/bf16 weights stay bit-identical to the reference model's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def fold_batchnorm(
+    bn: nn.modules.batchnorm._BatchNorm, conv_bias: Tensor | None = None, name: str = "bn"
+) -> tuple[Tensor, Tensor]:
+    """Returns fp32 ``(scale, shift)`` equal to ``bn`` in eval mode (after a conv with ``conv_bias``).
+
+    Handles ``affine=False`` (gamma = 1, beta = 0) and any ``eps``. Refuses a BatchNorm without
+    running statistics (``track_running_stats=False``), whose eval output depends on the batch.
+    """
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"{name}: expected a BatchNorm module, got {type(bn).__name__}")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            f"{name}: BatchNorm has no running statistics (track_running_stats=False), so its "
+            "eval-mode output depends on the batch and cannot be folded into a scale and shift"
+        )
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    shift = beta - mean * scale
+    if conv_bias is not None:
+        shift = shift + conv_bias.detach().double() * scale
+    return scale.float().contiguous(), shift.float().contiguous()

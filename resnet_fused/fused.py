@@ -1,0 +1,244 @@
+"""Fused inference modules and ``fuse()``, the converter from a torchvision-style ResNet.
+
+A fused ResNet is the same network with every ``conv -> BN (-> ReLU)`` and
+``conv -> BN -> +skip -> ReLU`` chain replaced by one :class:`FusedConvBNAct`, i.e. one call of
+``resnet_fused.ops.conv_bn_act``. Pooling and the classifier are the original modules.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .backends import CHOICES
+from .checks import SUPPORTED_DTYPES
+from .folding import fold_batchnorm
+
+__all__ = ["FusedBlock", "FusedConvBNAct", "FusedResNet", "fuse"]
+
+# Modules that are the identity in eval mode and may sit inside a block (timm adds some).
+_EVAL_IDENTITY = {"Identity", "Dropout", "DropPath", "DropBlock2d"}
+
+
+class FusedConvBNAct(nn.Module):
+    """One fused ``conv -> BatchNorm (-> + residual) (-> ReLU)``; BN kept as fp32 scale/shift."""
+
+    def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding,
+                 relu: bool, backend: str = "auto") -> None:
+        super().__init__()
+        # channels_last (K, R, S, C memory) is the layout every backend's kernel reads fastest:
+        # packing it once here keeps the per-call path free of weight copies.
+        self.register_buffer("weight", weight.detach().contiguous(memory_format=torch.channels_last))
+        self.register_buffer("scale", scale.detach().float().contiguous())
+        self.register_buffer("shift", shift.detach().float().contiguous())
+        self.stride = tuple(stride)
+        self.padding = tuple(padding)
+        self.relu = relu
+        self.backend = backend
+
+    @classmethod
+    def from_conv_bn(cls, conv: nn.Module, bn: nn.Module, relu: bool, backend: str,
+                     dtype: torch.dtype, name: str) -> FusedConvBNAct:
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"cannot convert {name}: expected nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1 or tuple(conv.dilation) != (1, 1):
+            raise ValueError(f"cannot convert {name}: groups={conv.groups}, dilation="
+                             f"{tuple(conv.dilation)}; only groups=1, dilation=1 are supported")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"cannot convert {name}: padding={conv.padding!r}, padding_mode="
+                             f"{conv.padding_mode!r}; only explicit zero padding is supported")
+        if not isinstance(bn, nn.BatchNorm2d):
+            raise TypeError(f"cannot convert {name}: expected nn.BatchNorm2d after the conv, got "
+                            f"{type(bn).__name__}")
+        if bn.num_features != conv.out_channels:
+            raise ValueError(f"cannot convert {name}: BatchNorm has {bn.num_features} channels, "
+                             f"the conv has {conv.out_channels} outputs")
+        scale, shift = fold_batchnorm(bn, conv.bias, name=name)
+        return cls(conv.weight.detach().to(dtype), scale, shift, conv.stride, conv.padding,
+                   relu, backend)
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        return ops.conv_bn_act(x, self.weight, self.scale, self.shift, residual, self.stride,
+                               self.padding, self.relu, self.backend)
+
+    def extra_repr(self) -> str:
+        k, c, r, s = self.weight.shape
+        return (f"{c}, {k}, kernel_size=({r}, {s}), stride={self.stride}, padding={self.padding}, "
+                f"relu={self.relu}, dtype={self.weight.dtype}, backend={self.backend!r}")
+
+
+class FusedBlock(nn.Module):
+    """A residual block: ``convs`` in sequence, the last one adding the skip path before ReLU."""
+
+    def __init__(self, convs: list[FusedConvBNAct], skip: FusedConvBNAct | None) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.skip = skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.skip is None else self.skip(x)
+        out = x
+        for conv in self.convs[:-1]:
+            out = conv(out)
+        return self.convs[-1](out, identity)
+
+
+class FusedResNet(nn.Module):
+    """Inference-only fused ResNet: same outputs as the source model in eval mode.
+
+    Takes (N, C, H, W) input of any memory format and dtype (cast to the model's dtype), returns
+    logits (or, from :meth:`forward_features`, the pooled features before the classifier).
+    """
+
+    def __init__(self, stem: FusedConvBNAct, maxpool: nn.Module, stages: nn.Sequential,
+                 pool: nn.Module, fc: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.stem = stem
+        self.maxpool = maxpool
+        self.stages = stages
+        self.pool = pool
+        self.fc = fc
+        self.dtype = dtype
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"input must be 4-D (N, C, H, W), got {x.dim()}-D with sizes "
+                             f"{list(x.shape)}")
+        if x.shape[1] != self.stem.in_channels:
+            raise ValueError(f"input must have {self.stem.in_channels} channels (dim 1), got "
+                             f"{x.shape[1]} (sizes {list(x.shape)})")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+        return x.to(dtype=self.dtype, memory_format=torch.channels_last)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled features before the classifier, shape (N, num_features)."""
+        x = self.maxpool(self.stem(self._check_input(x)))
+        x = self.pool(self.stages(x))
+        return torch.flatten(x, 1) if x.dim() > 2 else x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def _child(module: nn.Module, names: tuple[str, ...], path: str, what: str) -> nn.Module | None:
+    for name in names:
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise ValueError(f"cannot convert {path or 'model'}: no {what} (looked for "
+                     f"{', '.join(repr(n) for n in names)})")
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _convert_block(block: nn.Module, path: str, backend: str, dtype: torch.dtype) -> FusedBlock:
+    children = dict(block.named_children())
+    n_convs = 0
+    while f"conv{n_convs + 1}" in children:
+        n_convs += 1
+    if n_convs not in (2, 3):
+        raise ValueError(f"cannot convert {path}: a residual block needs conv1, conv2 (and conv3 "
+                         f"for a bottleneck) with bn1..bnN; found {n_convs} convs in "
+                         f"{type(block).__name__}")
+    convs = []
+    for i in range(1, n_convs + 1):
+        if f"bn{i}" not in children:
+            raise ValueError(f"cannot convert {path}: conv{i} has no bn{i}")
+        convs.append(FusedConvBNAct.from_conv_bn(
+            children[f"conv{i}"], children[f"bn{i}"], relu=True, backend=backend, dtype=dtype,
+            name=_join(path, f"conv{i}")))
+    used = {f"{kind}{i}" for kind in ("conv", "bn") for i in range(1, n_convs + 1)}
+
+    skip_name, skip_module = None, None
+    for name, child in children.items():
+        if name in used or isinstance(child, nn.ReLU) or type(child).__name__ in _EVAL_IDENTITY:
+            continue
+        if isinstance(child, nn.Sequential):
+            if skip_name is not None:
+                raise ValueError(f"cannot convert {path}: two candidate skip paths, "
+                                 f"{skip_name!r} and {name!r}")
+            skip_name, skip_module = name, child
+            continue
+        raise ValueError(f"cannot convert {_join(path, name)}: a {type(child).__name__} inside a "
+                         "residual block is not supported (expected convs, BatchNorms, ReLUs and "
+                         "a skip path of nn.Sequential(conv, bn) or nn.Sequential())")
+
+    skip = None
+    if skip_module is not None and len(skip_module) > 0:
+        if len(skip_module) != 2:
+            raise ValueError(f"cannot convert {_join(path, skip_name)}: a skip path must be "
+                             f"nn.Sequential(conv, bn) or empty, got {len(skip_module)} modules")
+        skip = FusedConvBNAct.from_conv_bn(skip_module[0], skip_module[1], relu=False,
+                                           backend=backend, dtype=dtype,
+                                           name=_join(path, f"{skip_name}.0"))
+    else:
+        strided = any(s != 1 for c in convs for s in c.stride)
+        if convs[0].in_channels != convs[-1].out_channels or strided:
+            raise ValueError(f"cannot convert {path}: its skip path is the identity, but the block "
+                             f"maps {convs[0].in_channels} -> {convs[-1].out_channels} channels"
+                             f"{' with a stride' if strided else ''}")
+    convs[-1].relu = True
+    return FusedBlock(convs, skip)
+
+
+def fuse(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = None) -> FusedResNet:
+    """Converts a torchvision-style ResNet into a :class:`FusedResNet` (the input is not modified).
+
+    Args:
+        model: a ResNet from this package, torchvision or timm, or a hand-written one with the same
+            structure (stem ``conv1/bn1/relu/maxpool``, ``layer1..4`` of blocks with
+            ``conv1/bn1/conv2/bn2[/conv3/bn3]`` and a skip path that is ``nn.Sequential(conv, bn)``,
+            an empty ``nn.Sequential()`` or ``None`` under any attribute name, ``avgpool``/
+            ``global_pool`` and ``fc``).
+        backend: ``"auto"`` (per call: ``cuda``, then ``triton`` on GPU; ``cpu`` on CPU), or one of
+            ``"cpu"``, ``"cuda"``, ``"triton"``, ``"aten"``.
+        dtype: compute dtype for weights and activations (float32, float16, bfloat16); default: the
+            model's. BatchNorm is always folded in fp32.
+
+    Returns:
+        A new eval-mode :class:`FusedResNet` on the model's device.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fuse: model must be an nn.Module, got {type(model).__name__}")
+    if backend not in CHOICES:
+        raise ValueError(f"fuse: backend must be one of {CHOICES}, got {backend!r}")
+    stem_conv = _child(model, ("conv1",), "", "stem convolution")
+    if dtype is None:
+        dtype = stem_conv.weight.dtype if isinstance(stem_conv, nn.Conv2d) else torch.float32
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"fuse: dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
+
+    stem = FusedConvBNAct.from_conv_bn(stem_conv, _child(model, ("bn1",), "", "stem BatchNorm"),
+                                       relu=True, backend=backend, dtype=dtype, name="conv1")
+    act = getattr(model, "relu", getattr(model, "act1", None))
+    if act is not None and not isinstance(act, nn.ReLU):
+        raise ValueError(f"cannot convert the stem: its activation is {type(act).__name__}, "
+                         "only ReLU is supported")
+    maxpool = copy.deepcopy(_child(model, ("maxpool",), "", "stem max-pool"))
+    stages = []
+    for i in range(1, 5):
+        layer = _child(model, (f"layer{i}",), "", f"stage layer{i}")
+        if not isinstance(layer, nn.Sequential):
+            raise TypeError(f"cannot convert layer{i}: expected nn.Sequential of residual blocks, "
+                            f"got {type(layer).__name__}")
+        stages.append(nn.Sequential(*(
+            _convert_block(block, f"layer{i}.{j}", backend, dtype) for j, block in enumerate(layer))))
+    pool = copy.deepcopy(_child(model, ("avgpool", "global_pool"), "", "global pool"))
+    fc = copy.deepcopy(_child(model, ("fc",), "", "classifier"))
+    fused = FusedResNet(stem, maxpool, nn.Sequential(*stages), pool, fc.to(dtype), dtype)
+    return fused.to(stem_conv.weight.device).eval().requires_grad_(False)

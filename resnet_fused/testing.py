@@ -1,0 +1,81 @@
+"""Numerics helpers shared by the tests, the benchmarks and ``python -m resnet_fused check``.
+
+DESIGN.md's policy: relative L2 error ``||y - ref|| / ||ref||`` against a higher-precision
+reference, with random inputs, weights and non-trivial BatchNorm statistics (a freshly initialised
+BatchNorm, mean 0 and var 1, hides folding bugs). NaN never passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+# (dtype, scope) -> bound on the relative L2 error; scope is "op" or "model".
+# fp32 on CPU is checked against float64; fp16/bf16 against an fp32 composition.
+TOLERANCES = {
+    (torch.float32, "op"): 1e-5,
+    (torch.float32, "model"): 1e-4,
+    (torch.float16, "op"): 5e-3,
+    (torch.float16, "model"): 2e-2,
+    (torch.bfloat16, "op"): 1.5e-2,
+    (torch.bfloat16, "model"): 5e-2,
+}
+# fp32 on a GPU may use TF32 tensor cores (when PyTorch's flags allow it).
+TF32_TOLERANCE = 5e-3
+
+
+def tolerance(dtype: torch.dtype, scope: str, device: torch.device | str = "cpu") -> float:
+    if dtype == torch.float32 and torch.device(device).type == "cuda":
+        return TF32_TOLERANCE
+    return TOLERANCES[(dtype, scope)]
+
+
+def reference_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision a result in ``dtype`` is checked against (float64 for fp32, else fp32)."""
+    return torch.float64 if dtype == torch.float32 else torch.float32
+
+
+def relative_error(y: Tensor, ref: Tensor) -> float:
+    """``||y - ref|| / ||ref||`` in float64; ``inf`` if ``y`` has a NaN/inf or the shapes differ."""
+    if y.shape != ref.shape:
+        return math.inf
+    y64, ref64 = y.detach().double(), ref.detach().double()
+    if not torch.isfinite(y64).all():
+        return math.inf
+    denom = ref64.norm().item()
+    num = (y64 - ref64).norm().item()
+    if denom == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / denom
+
+
+@torch.no_grad()
+def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Gives every BatchNorm random, non-trivial statistics and affine parameters, in place.
+
+    running_mean ~ U(-0.5, 0.5), running_var ~ U(0.5, 2), gamma ~ U(0.5, 1.5), beta ~ U(-0.5, 0.5).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+
+            def draw(lo, hi, ref, n=n):
+                return (torch.rand(n, generator=generator) * (hi - lo) + lo).to(ref)
+
+            if m.running_mean is not None:
+                m.running_mean.copy_(draw(-0.5, 0.5, m.running_mean))
+                m.running_var.copy_(draw(0.5, 2.0, m.running_var))
+            if m.weight is not None:
+                m.weight.copy_(draw(0.5, 1.5, m.weight))
+                m.bias.copy_(draw(-0.5, 0.5, m.bias))
+    return model
+
+
+def random_bn_params(channels: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """fp32 (scale, shift) of a random eval-mode BatchNorm (the ranges above, eps = 1e-5)."""
+    bn = randomize_batchnorm_(nn.BatchNorm2d(channels), generator)
+    from .folding import fold_batchnorm
+
+    return fold_batchnorm(bn)
