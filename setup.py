@@ -54,13 +54,13 @@ def _extension():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # No GPU to ask: build for A100 and H100 (the kernels' sm_90 paths need 9.0).
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-    print(f"resnet_fused: building CPU + CUDA ops ({why}; "
-          f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'from the visible GPU')}).")
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "from the visible GPU")
+    print(f"resnet_fused: building CPU + CUDA ops ({why}; TORCH_CUDA_ARCH_LIST={arch}).")
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     return CUDAExtension(
         "resnet_fused._C", cpu_sources + cuda_sources,
         extra_compile_args={
-            "cxx": cxx_flags + ["-DRESNET_FUSED_WITH_CUDA"],
+            "cxx": [*cxx_flags, "-DRESNET_FUSED_WITH_CUDA"],
             "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
                      "-DRESNET_FUSED_WITH_CUDA", "--expt-relaxed-constexpr"],
         },

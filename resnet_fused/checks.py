@@ -58,13 +58,17 @@ def check_conv_bn_act_args(
             f"sizes {list(weight.shape)}"
         )
     if input.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"conv_bn_act: input must be float32, float16 or bfloat16, got {input.dtype}")
+        raise TypeError(
+            f"conv_bn_act: input must be float32, float16 or bfloat16, got {input.dtype}"
+        )
     if weight.dtype != input.dtype:
         raise TypeError(
             f"conv_bn_act: weight dtype ({weight.dtype}) must match input dtype ({input.dtype})"
         )
     if weight.device != input.device:
-        raise ValueError(f"conv_bn_act: weight is on {weight.device} but input is on {input.device}")
+        raise ValueError(
+            f"conv_bn_act: weight is on {weight.device} but input is on {input.device}"
+        )
     if weight.shape[1] != input.shape[1]:
         raise ValueError(
             f"conv_bn_act: weight.size(1) (C_in = {weight.shape[1]}) must equal input.size(1) "
@@ -72,7 +76,9 @@ def check_conv_bn_act_args(
         )
     k = weight.shape[0]
     if min(weight.shape[0], weight.shape[2], weight.shape[3]) < 1:
-        raise ValueError(f"conv_bn_act: weight must have C_out, R, S >= 1, got {list(weight.shape)}")
+        raise ValueError(
+            f"conv_bn_act: weight must have C_out, R, S >= 1, got {list(weight.shape)}"
+        )
     for name, t in (("scale", scale), ("shift", shift)):
         if t.dim() != 1 or t.shape[0] != k:
             raise ValueError(
@@ -118,7 +124,9 @@ def check_add_relu_args(x: Tensor, residual: Tensor) -> None:
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"add_relu: x must be float32, float16 or bfloat16, got {x.dtype}")
     if residual.dtype != x.dtype:
-        raise TypeError(f"add_relu: residual dtype ({residual.dtype}) must match x dtype ({x.dtype})")
+        raise TypeError(
+            f"add_relu: residual dtype ({residual.dtype}) must match x dtype ({x.dtype})"
+        )
     if residual.shape != x.shape:
         raise ValueError(
             f"add_relu: residual sizes {list(residual.shape)} must equal x sizes {list(x.shape)}"

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 def fold_batchnorm(
     bn: nn.modules.batchnorm._BatchNorm, conv_bias: Tensor | None = None, name: str = "bn"
 ) -> tuple[Tensor, Tensor]:
-    """Returns fp32 ``(scale, shift)`` equal to ``bn`` in eval mode (after a conv with ``conv_bias``).
+    """fp32 ``(scale, shift)`` equal to ``bn`` in eval mode (after a conv with ``conv_bias``).
 
     Handles ``affine=False`` (gamma = 1, beta = 0) and any ``eps``. Refuses a BatchNorm without
     running statistics (``track_running_stats=False``), whose eval output depends on the batch.

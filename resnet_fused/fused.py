@@ -31,7 +31,8 @@ class FusedConvBNAct(nn.Module):
         super().__init__()
         # channels_last (K, R, S, C memory) is the layout every backend's kernel reads fastest:
         # packing it once here keeps the per-call path free of weight copies.
-        self.register_buffer("weight", weight.detach().contiguous(memory_format=torch.channels_last))
+        weight = weight.detach().contiguous(memory_format=torch.channels_last)
+        self.register_buffer("weight", weight)
         self.register_buffer("scale", scale.detach().float().contiguous())
         self.register_buffer("shift", shift.detach().float().contiguous())
         self.stride = tuple(stride)
@@ -236,8 +237,9 @@ def fuse(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = No
         if not isinstance(layer, nn.Sequential):
             raise TypeError(f"cannot convert layer{i}: expected nn.Sequential of residual blocks, "
                             f"got {type(layer).__name__}")
-        stages.append(nn.Sequential(*(
-            _convert_block(block, f"layer{i}.{j}", backend, dtype) for j, block in enumerate(layer))))
+        blocks = [_convert_block(block, f"layer{i}.{j}", backend, dtype)
+                  for j, block in enumerate(layer)]
+        stages.append(nn.Sequential(*blocks))
     pool = copy.deepcopy(_child(model, ("avgpool", "global_pool"), "", "global pool"))
     fc = copy.deepcopy(_child(model, ("fc",), "", "classifier"))
     fused = FusedResNet(stem, maxpool, nn.Sequential(*stages), pool, fc.to(dtype), dtype)

@@ -30,7 +30,7 @@ __all__ = [
     "resnet152",
 ]
 
-WeightsArg = Union[None, str, os.PathLike, Mapping[str, Tensor]]
+WeightsArg = Union[None, str, os.PathLike, Mapping[str, Tensor]]  # noqa: UP007 (a runtime alias)
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -144,7 +144,7 @@ def _read_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
         try:
             from safetensors.torch import load_file
         except ImportError as e:  # pragma: no cover - depends on the install
-            raise ImportError("weights: loading .safetensors needs `pip install safetensors`") from e
+            raise ImportError("weights: .safetensors files need `pip install safetensors`") from e
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     # Training checkpoints often wrap the weights; accept the two common wrappings.
@@ -155,7 +155,7 @@ def _read_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def load_weights(model: nn.Module, weights: WeightsArg) -> nn.Module:
-    """Load ``weights`` (a path to .pth/.pt/.safetensors, or a state dict) strictly into ``model``."""
+    """Loads ``weights`` (a .pth/.pt/.safetensors path, or a state dict) strictly into ``model``."""
     if weights is None:
         return model
     if isinstance(weights, (str, os.PathLike)):

@@ -73,7 +73,9 @@ def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = N
     return model
 
 
-def random_bn_params(channels: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def random_bn_params(
+    channels: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """fp32 (scale, shift) of a random eval-mode BatchNorm (the ranges above, eps = 1e-5)."""
     bn = randomize_batchnorm_(nn.BatchNorm2d(channels), generator)
     from .folding import fold_batchnorm
