@@ -1,0 +1,151 @@
+"""Tile configurations for the Triton kernels, kept as data, and the in-process choice cache.
+
+The conv kernel is an implicit GEMM (M = N*Ho*Wo rows, C_out columns, K loop over (r, s, c-block)),
+so its tile sizes are those of a GEMM. Different ResNet conv families want different tiles:
+
+- ``stem``: C_in < 16 (the 7x7/s2 conv on RGB). The channel dim is masked inside a 16-wide K
+  block (``tl.dot`` needs K >= 16), so a larger BLOCK_K would only multiply wasted work.
+- ``1x1``: pointwise convs, a plain GEMM over C_in; long K loops, so deep pipelines pay.
+- ``3x3``: every other spatial kernel; K loop over 9 taps x C-blocks.
+- ``small``: late-stage / small-batch grids where 128x128 tiles would leave most of the GPU's
+  132 SMs idle; smaller tiles trade per-tile efficiency for occupancy.
+
+Each family has a short candidate list per dtype class (fp32 tiles take twice the shared memory
+per element, so their BLOCK_K is halved). The first candidate is the default: it is what runs
+under ``TRITON_INTERPRET=1``, while tracing (fake tensors), during CUDA graph capture, and when
+autotuning is switched off with ``RESNET_FUSED_TRITON_AUTOTUNE=0``. Otherwise the first real call
+of a shape benchmarks the candidates once and the winner is cached for the process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+# H100 SXM has 132 SMs; used only to classify "small" grids, so a fixed number is good enough
+# (querying the device here would put a CUDA call on the tracing path).
+_SM_COUNT = 132
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+    GROUP_M: int = 8
+
+
+@dataclass(frozen=True)
+class EltwiseConfig:
+    BLOCK: int
+    num_warps: int
+
+
+# (family, dtype class) -> candidates, default first. dtype class: "16" (fp16/bf16) or "32".
+CONV_CONFIGS: dict[tuple[str, str], tuple[ConvConfig, ...]] = {
+    ("stem", "16"): (
+        ConvConfig(128, 64, 16, 4, 4),
+        ConvConfig(64, 64, 16, 4, 4),
+        ConvConfig(256, 64, 16, 8, 3),
+    ),
+    ("stem", "32"): (
+        ConvConfig(128, 64, 16, 4, 3),
+        ConvConfig(64, 64, 16, 4, 4),
+    ),
+    ("1x1", "16"): (
+        ConvConfig(128, 128, 64, 8, 4),
+        ConvConfig(128, 64, 64, 4, 4),
+        ConvConfig(64, 128, 64, 4, 4),
+        ConvConfig(128, 256, 64, 8, 3),
+    ),
+    ("1x1", "32"): (
+        ConvConfig(128, 128, 32, 8, 3),
+        ConvConfig(128, 64, 32, 4, 4),
+        ConvConfig(64, 128, 32, 4, 4),
+    ),
+    ("3x3", "16"): (
+        ConvConfig(128, 128, 64, 8, 3),
+        ConvConfig(128, 64, 64, 4, 4),
+        ConvConfig(64, 128, 64, 4, 4),
+        ConvConfig(256, 64, 64, 8, 3),
+    ),
+    ("3x3", "32"): (
+        ConvConfig(128, 128, 32, 8, 3),
+        ConvConfig(128, 64, 32, 4, 4),
+        ConvConfig(64, 64, 32, 4, 4),
+    ),
+    ("small", "16"): (
+        ConvConfig(64, 64, 64, 4, 4),
+        ConvConfig(32, 64, 64, 4, 4),
+        ConvConfig(32, 128, 64, 4, 4),
+        ConvConfig(64, 128, 64, 4, 3),
+    ),
+    ("small", "32"): (
+        ConvConfig(64, 64, 32, 4, 3),
+        ConvConfig(32, 64, 32, 4, 4),
+        ConvConfig(32, 128, 32, 4, 3),
+    ),
+}
+
+# Under the interpreter the cost is Python/numpy per program and per K step, not FLOPs; small
+# tiles keep the tests exercising several M/N tiles and several masked K blocks on tiny shapes.
+INTERPRETER_CONV_CONFIG = ConvConfig(32, 32, 16, 4, 1, GROUP_M=2)
+
+ADD_RELU_CONFIG = EltwiseConfig(BLOCK=2048, num_warps=8)
+INTERPRETER_ADD_RELU_CONFIG = EltwiseConfig(BLOCK=1024, num_warps=4)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get("RESNET_FUSED_TRITON_AUTOTUNE", "1") not in ("", "0")
+
+
+def dtype_class(dtype: torch.dtype) -> str:
+    return "32" if dtype == torch.float32 else "16"
+
+
+def conv_family(m: int, c_in: int, c_out: int, r: int, s: int) -> str:
+    """Which candidate list a conv shape uses (see the module docstring)."""
+    if c_in < 16:
+        return "stem"
+    if (m + 127) // 128 * ((c_out + 127) // 128) < _SM_COUNT:
+        return "small"
+    if r == 1 and s == 1:
+        return "1x1"
+    return "3x3"
+
+
+def conv_candidates(family: str, dtype: torch.dtype) -> tuple[ConvConfig, ...]:
+    return CONV_CONFIGS[(family, dtype_class(dtype))]
+
+
+def all_conv_configs() -> list[ConvConfig]:
+    """Every distinct config in the table (the tests run each once)."""
+    seen: dict[ConvConfig, None] = {}
+    for cands in CONV_CONFIGS.values():
+        for cfg in cands:
+            seen.setdefault(cfg, None)
+    return list(seen)
+
+
+# Chosen configs for this process, keyed on (shape, strides class, dtype, flags).
+_CHOSEN: dict[tuple, ConvConfig] = {}
+
+
+def cached(key: tuple) -> ConvConfig | None:
+    return _CHOSEN.get(key)
+
+
+def remember(key: tuple, cfg: ConvConfig) -> None:
+    _CHOSEN[key] = cfg
+
+
+def clear_cache() -> None:
+    _CHOSEN.clear()

@@ -1,0 +1,282 @@
+"""Triton implicit-GEMM ``conv -> BN (scale/shift) -> (+ residual) -> (ReLU)``.
+
+GEMM view over NHWC: row m = (n, ho, wo) in ``[0, N*Ho*Wo)``, column = output channel k, and the
+reduction runs over (r, s, c). The K loop is ONE flat loop over (r, s, c-block) steps so Triton
+can software-pipeline it (nested r/s loops would leave a 1-step innermost loop for C = 64 and
+nothing to pipeline). Channels are the innermost reduction index, so for channels_last
+activations and channels_last (K, R, S, C) weights every tile load is a run of contiguous
+channels. All tensors are addressed through their strides, so any memory format is *correct*;
+channels_last is merely *fast*.
+
+Epilogue, in fp32: ``acc * scale[k] + shift[k] (+ residual) (ReLU)``, stored in the input dtype
+into a channels_last output (so the output address of (m, k) is simply ``m * C_out + k``).
+
+fp32 precision: ``tl.dot`` uses TF32 iff ``torch.backends.cudnn.allow_tf32`` (PyTorch's default
+True). This is a convolution, and that is the flag that governs cuDNN convolutions, so a model
+gives the same class of numerics on every backend; set it False for IEEE fp32. Under the
+interpreter the dot is always IEEE (exact tests). The flag is read when the op runs (or, under
+``torch.compile``, when it is traced).
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from ..checks import check_conv_bn_act_args
+from . import configs
+from .configs import ConvConfig
+
+__all__ = ["conv_bn_act_launch", "triton_conv_bn_act"]
+
+_INT32_LIMIT = 2**31 - 1
+
+
+@triton.jit
+def _conv_bn_act_kernel(
+    x_ptr, w_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
+    M, C, H, W, K, Ho, Wo,
+    sxn, sxc, sxh, sxw,
+    swk, swc, swr, sws,
+    srn, srk, srh, srw,
+    conv_sh, conv_sw, pad_h, pad_w,
+    R: tl.constexpr, S: tl.constexpr,
+    HAS_RES: tl.constexpr, RELU: tl.constexpr,
+    GEMM: tl.constexpr, RES_FLAT: tl.constexpr, INT64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Grouped tile order: GROUP_M row-tiles share each weight column-tile while it is hot in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(K, BLOCK_N)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    if INT64:
+        # Promote the index vectors once; every offset derived from them is then 64-bit.
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
+    m_mask = offs_m < M
+    n_mask = offs_n < K
+
+    # Spatial decomposition of the rows, once per tile (outside the K loop).
+    hw = Ho * Wo
+    n_idx = offs_m // hw
+    rem = offs_m - n_idx * hw
+    ho = rem // Wo
+    wo = rem - ho * Wo
+    h0 = ho * conv_sh - pad_h
+    w0 = wo * conv_sw - pad_w
+    x_img = n_idx * sxn
+    if GEMM:
+        # 1x1 / stride 1 / pad 0 with (n, h, w) collapsible into one stride: row m of the GEMM is
+        # at m * sxw, a plain matrix; no halo masks, no per-step address math.
+        x_row = offs_m * sxw
+
+    w_col = offs_n * swk
+    c_blocks = tl.cdiv(C, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(0, R * S * c_blocks):
+        rs = step // c_blocks
+        cs = (step - rs * c_blocks) * BLOCK_K + offs_k
+        r = rs // S
+        s = rs - r * S
+        c_mask = cs < C
+        if GEMM:
+            a_ptrs = x_ptr + x_row[:, None] + cs[None, :] * sxc
+            a_mask = m_mask[:, None] & c_mask[None, :]
+        else:
+            hi = h0 + r
+            wi = w0 + s
+            # Zero padding = masked loads; also masks the stem's C_in=3 inside a 16-wide K block.
+            row_ok = m_mask & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+            a_ptrs = x_ptr + (x_img + hi * sxh + wi * sxw)[:, None] + cs[None, :] * sxc
+            a_mask = row_ok[:, None] & c_mask[None, :]
+        a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+        b_ptrs = w_ptr + (w_col[None, :] + r * swr + s * sws) + cs[:, None] * swc
+        b = tl.load(b_ptrs, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+    # Fused epilogue in fp32 (BN stays out of the weights so low-precision weights are exact).
+    scale = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
+    shift = tl.load(shift_ptr + offs_n, mask=n_mask, other=0.0)
+    out = acc * scale[None, :] + shift[None, :]
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RES:
+        if RES_FLAT:
+            res_row = offs_m * srw
+        else:
+            res_row = n_idx * srn + ho * srh + wo * srw
+        res = tl.load(res_ptr + res_row[:, None] + offs_n[None, :] * srk, mask=out_mask, other=0.0)
+        out += res.to(tl.float32)
+    if RELU:
+        # where(x < 0, 0, x) keeps NaN as NaN, like torch.relu (max(x, 0) may drop it).
+        out = tl.where(out < 0.0, 0.0, out)
+    y_ptrs = y_ptr + offs_m[:, None] * K + offs_n[None, :]
+    tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+def _extent(t: Tensor) -> int:
+    """One past the largest element offset ``t`` addresses (0 for an empty tensor)."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+
+
+def _rows_collapse(t: Tensor) -> bool:
+    """(n, h, w) of a 4-D (N, C, H, W) tensor fold into one row index with row stride stride(3)."""
+    n, _, h, w = t.shape
+    sn, _, sh, sw = t.stride()
+    return (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
+
+
+def _is_tracing(t: Tensor) -> bool:
+    # Fake/functional tensors (torch.compile, opcheck's fake-tensor test) or any active dispatch
+    # mode: never benchmark there, and under the interpreter never launch (no real data).
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t) or torch._C._len_torch_dispatch_stack() > 0
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype != torch.float32:
+        return "tf32"  # ignored for 16-bit operands; it is tl.dot's default
+    if configs.interpreting():
+        return "ieee"
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def conv_bn_act_launch(
+    input: Tensor,
+    weight: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    residual: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    relu: bool,
+    out: Tensor,
+    config: ConvConfig,
+    force_int64: bool = False,
+) -> None:
+    """Launches the kernel once into ``out`` (channels_last, the op's output sizes).
+
+    Internal: arguments are assumed valid (the op validates). ``config`` and ``force_int64`` let
+    the tests run every table entry and the 64-bit path on small shapes.
+    """
+    n, c, h, w = input.shape
+    k, _, r, s = weight.shape
+    ho, wo = out.shape[2], out.shape[3]
+    m = n * ho * wo
+    if m == 0:
+        return
+    gemm = r == 1 and s == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+    gemm = gemm and _rows_collapse(input)
+    has_res = residual is not None
+    # A dummy pointer when there is no residual; HAS_RES=False compiles the load away.
+    res = residual if has_res else out
+    res_flat = has_res and _rows_collapse(res)
+    int64 = force_int64 or max(_extent(t) for t in (input, weight, res, out)) > _INT32_LIMIT
+    grid = (triton.cdiv(m, config.BLOCK_M) * triton.cdiv(k, config.BLOCK_N),)
+    wrap_triton(_conv_bn_act_kernel)[grid](
+        input, weight, scale, shift, res, out,
+        m, c, h, w, k, ho, wo,
+        *input.stride(), *weight.stride(), *res.stride(),
+        stride[0], stride[1], padding[0], padding[1],
+        R=r, S=s, HAS_RES=has_res, RELU=relu, GEMM=gemm, RES_FLAT=res_flat, INT64=int64,
+        PRECISION=_precision(input.dtype),
+        BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
+        GROUP_M=config.GROUP_M, num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+
+
+def _config_key(input, weight, residual, stride, padding, relu) -> tuple:
+    return (
+        tuple(input.shape), tuple(weight.shape), input.dtype, _precision(input.dtype),
+        tuple(stride), tuple(padding), residual is not None, relu,
+        input.is_contiguous(memory_format=torch.channels_last),
+        weight.is_contiguous(memory_format=torch.channels_last),
+    )
+
+
+def _choose_config(input, weight, scale, shift, residual, stride, padding, relu, out) -> ConvConfig:
+    """The cached config for this shape, else the default, else (real CUDA call) a benchmark."""
+    if configs.interpreting():
+        return configs.INTERPRETER_CONV_CONFIG
+    key = _config_key(input, weight, residual, stride, padding, relu)
+    chosen = configs.cached(key)
+    if chosen is not None:
+        return chosen
+    n, _, _, _ = input.shape
+    m = n * out.shape[2] * out.shape[3]
+    family = configs.conv_family(m, weight.shape[1], weight.shape[0], *weight.shape[2:])
+    candidates = configs.conv_candidates(family, input.dtype)
+    if (
+        not configs.autotune_enabled()
+        or len(candidates) == 1
+        or input.device.type != "cuda"
+        or _is_tracing(input)
+        or torch.compiler.is_compiling()
+        or torch.cuda.is_current_stream_capturing()
+    ):
+        # No benchmarking here (it synchronizes / cannot run on fake data); do not cache either,
+        # so a later eager call of the same shape still gets tuned.
+        return candidates[0]
+
+    from triton.testing import do_bench
+
+    best, best_ms = candidates[0], float("inf")
+    for cfg in candidates:
+        def run(cfg=cfg):
+            conv_bn_act_launch(input, weight, scale, shift, residual, stride, padding, relu,
+                               out, cfg)
+        try:
+            ms = do_bench(run, warmup=5, rep=25)
+        except Exception:  # e.g. out of shared memory on a smaller GPU: skip the candidate
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    configs.remember(key, best)
+    return best
+
+
+@triton_op("resnet_fused::triton_conv_bn_act", mutates_args=())
+def triton_conv_bn_act(
+    input: Tensor,
+    weight: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    residual: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    relu: bool,
+) -> Tensor:
+    """Triton backend of ``resnet_fused::conv_bn_act`` (see ``resnet_fused.ops.conv_bn_act``).
+
+    This body is also the op's fake implementation (triton_op traces it), so everything before
+    the launch is shape logic that works on fake tensors.
+    """
+    sizes = check_conv_bn_act_args(input, weight, scale, shift, residual, stride, padding)
+    out = torch.empty(sizes, dtype=input.dtype, device=input.device,
+                      memory_format=torch.channels_last)
+    if out.numel() == 0:
+        return out  # N = 0: nothing to launch
+    if configs.interpreting() and _is_tracing(input):
+        # The interpreter runs kernels on real host memory; wrap_triton cannot trace an
+        # interpreted kernel, so under fake tensors only the (already correct) metadata matters.
+        return out
+    # The kernel reads scale/shift with unit stride (a no-op for fuse()'s buffers).
+    scale = scale.contiguous()
+    shift = shift.contiguous()
+    cfg = _choose_config(input, weight, scale, shift, residual, stride, padding, relu, out)
+    conv_bn_act_launch(input, weight, scale, shift, residual, stride, padding, relu, out, cfg)
+    return out
