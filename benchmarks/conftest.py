@@ -1,0 +1,298 @@
+"""pytest-benchmark setup for the throughput suite: options, parametrization, timing, machine info.
+
+Run explicitly (the repo's pytest config only collects ``tests/``)::
+
+    python -m pytest benchmarks -q                              # timed, default sizes
+    python -m pytest benchmarks -q --benchmark-disable          # CI: each case once, as a test
+    python -m pytest benchmarks -q --benchmark-json out.json    # raw results for report.py
+
+Every case checks its output against a higher-precision reference before it is timed, so the
+``--benchmark-disable`` tier is a correctness test of every variant at real ResNet shapes.
+
+Defaults per device (override with the ``--bench-*`` options below):
+
+=============  ===========================  ==================
+               GPU                          CPU
+=============  ===========================  ==================
+models         resnet50, resnet18, resnet34 same
+batches        1, 32, 256                   1, 8
+dtypes         bfloat16, float16, float32   float32
+layer batch    256                          8
+layer dtypes   bfloat16                     float32
+compile        yes                          only with --bench-compile (minutes per model on 2 cores)
+rounds/warmup  30 / 5                       5 / 1
+=============  ===========================  ==================
+
+GPU timing reads CUDA events (pytest-benchmark's clock is replaced for these tests) after an
+untimed L2 flush per round; CPU timing is perf_counter.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from resnet_fused import bench
+
+MODEL_VARIANTS_GPU = ("reference", "cudnn-fused", "compile", "fused-cuda", "fused-triton",
+                      "fused-auto")
+GRAPH_VARIANTS = ("reference+graph", "cudnn-fused+graph", "fused-cuda+graph",
+                  "fused-triton+graph", "fused-auto+graph")
+# On CPU only the variants that can run there are collected: the GPU ones would only be skips.
+MODEL_VARIANTS_CPU = ("reference", "fused-cpu", "compile")
+LAYER_VARIANTS_GPU = ("conv", "eager", "fused-cuda", "fused-triton")
+LAYER_VARIANTS_CPU = ("conv", "eager", "fused-cpu")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("resnet_fused benchmarks")
+    group.addoption("--bench-device", default=None, help="cpu or cuda (default: cuda if visible)")
+    group.addoption("--bench-models", default="resnet50,resnet18,resnet34",
+                    help="comma-separated models for the whole-model benchmarks")
+    group.addoption("--bench-batches", default=None,
+                    help="comma-separated batch sizes (default: 1,32,256 on GPU; 1,8 on CPU)")
+    group.addoption("--bench-dtypes", default=None,
+                    help="comma-separated dtypes (default: bfloat16,float16,float32 on GPU; "
+                         "float32 on CPU)")
+    group.addoption("--bench-variants", default=None,
+                    help="comma-separated whole-model variants to keep (default: all)")
+    group.addoption("--bench-compile", default="auto", choices=("auto", "yes", "no"),
+                    help="the torch.compile baseline: auto = on GPU, off on CPU")
+    group.addoption("--bench-layer-batches", default=None,
+                    help="comma-separated batch sizes per layer (default: 256 GPU, 8 CPU)")
+    group.addoption("--bench-layer-dtypes", default=None,
+                    help="comma-separated dtypes per layer (default: bfloat16 GPU, float32 CPU)")
+    group.addoption("--bench-layer-variants", default=None,
+                    help="comma-separated layer variants to keep (default: all)")
+    group.addoption("--bench-layers", default=None,
+                    help="only layers whose name contains one of these comma-separated strings")
+    group.addoption("--bench-rounds", type=int, default=None,
+                    help="timed rounds per case (default: 30 GPU, 5 CPU)")
+    group.addoption("--bench-warmup", type=int, default=None,
+                    help="untimed warm-up rounds per case (default: 5 GPU, 1 CPU)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "compile: the torch.compile baseline (slow to build)")
+
+
+@dataclass
+class BenchConfig:
+    device: torch.device
+    rounds: int
+    warmup: int
+    compile: bool
+    enabled: bool  # False under --benchmark-disable
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def _device(config) -> torch.device:
+    name = config.getoption("--bench-device")
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _split(value: str | None, default: str) -> list[str]:
+    return [v.strip() for v in (value or default).split(",") if v.strip()]
+
+
+def _bench_config(config) -> BenchConfig:
+    device = _device(config)
+    gpu = device.type == "cuda"
+    flag = config.getoption("--bench-compile")
+    return BenchConfig(
+        device=device,
+        rounds=config.getoption("--bench-rounds") or (30 if gpu else 5),
+        warmup=config.getoption("--bench-warmup") if config.getoption("--bench-warmup") is not None
+        else (5 if gpu else 1),
+        compile=flag == "yes" or (flag == "auto" and gpu),
+        enabled=not config.getoption("--benchmark-disable", default=False),
+    )
+
+
+@pytest.fixture(scope="session")
+def bench_config(request) -> BenchConfig:
+    return _bench_config(request.config)
+
+
+def pytest_generate_tests(metafunc):
+    config = metafunc.config
+    device = _device(config)
+    gpu = device.type == "cuda"
+    names = metafunc.fixturenames
+    if "model_variant" in names:
+        models = _split(config.getoption("--bench-models"), "resnet50")
+        batches = [int(b) for b in _split(config.getoption("--bench-batches"),
+                                          "1,32,256" if gpu else "1,8")]
+        dtypes = _split(config.getoption("--bench-dtypes"),
+                        "bfloat16,float16,float32" if gpu else "float32")
+        keep = config.getoption("--bench-variants")
+        keep = set(_split(keep, "")) if keep else None
+        cases = []
+        for model in models:
+            for batch in batches:
+                for dtype in dtypes:
+                    variants = list(MODEL_VARIANTS_GPU if gpu else MODEL_VARIANTS_CPU)
+                    if gpu and batch == 1:
+                        variants += GRAPH_VARIANTS
+                    for variant in variants:
+                        if keep is not None and variant not in keep:
+                            continue
+                        marks = [pytest.mark.compile, pytest.mark.slow] \
+                            if variant == "compile" else []
+                        cases.append(pytest.param(
+                            model, batch, dtype, variant, marks=marks,
+                            id=f"{model}-bs{batch}-{dtype}-{variant}"))
+        metafunc.parametrize("model_name,batch,dtype_name,model_variant", cases)
+    if "layer_variant" in names:
+        layers = bench.conv_layers("resnet50")
+        only = config.getoption("--bench-layers")
+        if only:
+            wanted = _split(only, "")
+            layers = [la for la in layers if any(w in la.name for w in wanted)]
+        batches = [int(b) for b in _split(config.getoption("--bench-layer-batches"),
+                                          "256" if gpu else "8")]
+        dtypes = _split(config.getoption("--bench-layer-dtypes"), "bfloat16" if gpu else "float32")
+        keep = config.getoption("--bench-layer-variants")
+        variants = [v for v in (LAYER_VARIANTS_GPU if gpu else LAYER_VARIANTS_CPU)
+                    if not keep or v in _split(keep, "")]
+        cases = [pytest.param(layer, batch, dtype, variant,
+                              id=f"{layer.name}-bs{batch}-{dtype}-{variant}")
+                 for layer in layers for batch in batches for dtype in dtypes
+                 for variant in variants]
+        metafunc.parametrize("layer,batch,dtype_name,layer_variant", cases)
+
+
+@pytest.fixture
+def timed(bench_config):
+    """``timed(benchmark, fn)``: pedantic rounds of ``fn`` with the right clock; returns the
+    median in seconds (``None`` under ``--benchmark-disable``, where ``fn`` runs once)."""
+
+    def run(benchmark, fn):
+        setup = None
+        if bench_config.gpu:
+            device = bench_config.device
+            # pytest-benchmark reads a host clock around the call; for asynchronous GPU work that
+            # would time the launch. Its clock is swapped for one that reads CUDA events (and waits
+            # for them); the L2 flush runs in the untimed setup.
+            if hasattr(benchmark, "_timer"):
+                benchmark._timer = bench.cuda_event_clock(device)
+                benchmark.extra_info["timer"] = "cuda-events"
+            else:  # pragma: no cover - a pytest-benchmark without the private attribute
+                inner = fn
+
+                def fn():
+                    out = inner()
+                    torch.cuda.synchronize(device)
+                    return out
+
+                benchmark.extra_info["timer"] = "wall-clock+synchronize"
+
+            def setup():
+                bench.l2_flush(device)
+        else:
+            benchmark.extra_info["timer"] = "perf_counter"
+        benchmark.pedantic(fn, setup=setup, rounds=bench_config.rounds,
+                           warmup_rounds=bench_config.warmup, iterations=1)
+        if benchmark.stats is None:
+            return None
+        return benchmark.stats.stats.median
+
+    return run
+
+
+class _Cache:
+    """Models and reference outputs shared by the cases of one session (both are expensive)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.models: dict[str, torch.nn.Module] = {}
+        self.refs: dict[tuple, torch.Tensor] = {}
+
+    def model(self, name: str) -> torch.nn.Module:
+        if name not in self.models:
+            self.models.clear()  # one model at a time keeps GPU memory free for the variants
+            self.refs.clear()
+            self.models[name] = bench.make_model(name, self.device)
+        return self.models[name]
+
+    def reference(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        key = (name, tuple(x.shape), x.dtype)
+        if key not in self.refs:
+            self.refs[key] = bench.reference_output(self.model(name), x)
+        return self.refs[key]
+
+
+@pytest.fixture(scope="session")
+def model_cache(bench_config):
+    return _Cache(bench_config.device)
+
+
+_PEAKS: dict[str, bench.DevicePeaks] = {}
+
+
+@pytest.fixture(scope="session")
+def device_peaks(bench_config):
+    """``device_peaks(dtype)``: measured copy bandwidth and GEMM rate, once per dtype per run
+    (``None`` under ``--benchmark-disable``: no floors without timing)."""
+
+    def get(dtype: torch.dtype):
+        if not bench_config.enabled:
+            return None
+        key = str(dtype)
+        if key not in _PEAKS:
+            _PEAKS[key] = bench.measure_peaks(bench_config.device, dtype)
+        return _PEAKS[key]
+
+    return get
+
+
+def _versions() -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    gpu = torch.cuda.is_available()
+    return {
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if gpu else None,
+        "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability())) if gpu else None,
+        "cpu_model": bench.cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "allow_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "allow_tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "resnet_fused_backends": _backends(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _backends() -> dict:
+    from resnet_fused import backend_status
+
+    return backend_status()
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info.update(_versions())
+    machine_info["bench_device"] = str(_device(config))
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["resnet_fused"] = {
+        "command": " ".join(["python", "-m", "pytest", *config.invocation_params.args]),
+        "device_peaks": {k: vars(v) for k, v in _PEAKS.items()},
+    }
