@@ -210,14 +210,13 @@ def _config_key(input, weight, residual, stride, padding, relu) -> tuple:
 
 def _choose_config(input, weight, scale, shift, residual, stride, padding, relu, out) -> ConvConfig:
     """The cached config for this shape, else the default, else (real CUDA call) a benchmark."""
+    m = input.shape[0] * out.shape[2] * out.shape[3]
     if configs.interpreting():
-        return configs.INTERPRETER_CONV_CONFIG
+        return configs.interpreter_conv_config(m, weight.shape[1], weight.shape[0])
     key = _config_key(input, weight, residual, stride, padding, relu)
     chosen = configs.cached(key)
     if chosen is not None:
         return chosen
-    n, _, _, _ = input.shape
-    m = n * out.shape[2] * out.shape[3]
     family = configs.conv_family(m, weight.shape[1], weight.shape[0], *weight.shape[2:])
     candidates = configs.conv_candidates(family, input.dtype)
     if (
