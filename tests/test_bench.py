@@ -1,0 +1,224 @@
+"""Fast CPU tests of the measuring code (resnet_fused.bench) and benchmarks/report.py."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+import torch
+
+from resnet_fused import bench
+from resnet_fused.testing import tolerance
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_time_fn_cpu_returns_positive_median():
+    calls = []
+
+    def work():
+        calls.append(1)
+        return sum(range(2000))
+
+    timing = bench.time_fn(work, "cpu", warmup=2, reps=5)
+    assert len(calls) == 7  # warm-up calls are made but not timed
+    assert len(timing.times) == 5
+    assert all(t > 0 for t in timing.times)
+    assert 0 < timing.min <= timing.median <= max(timing.times)
+    assert timing.stdev >= 0
+
+
+def test_time_fn_rejects_zero_reps():
+    with pytest.raises(ValueError, match="reps"):
+        bench.time_fn(lambda: None, "cpu", warmup=0, reps=0)
+
+
+def test_check_output_detects_mismatch_and_nan():
+    ref = torch.randn(4, 10, dtype=torch.float64)
+    assert bench.check_output("ok", ref.float(), ref, torch.float32, "cpu") < 1e-6
+    with pytest.raises(bench.MismatchError, match="relative error"):
+        bench.check_output("wrong", ref * 1.01, ref, torch.float32, "cpu")
+    bad = ref.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(bench.MismatchError):
+        bench.check_output("nan", bad, ref, torch.float32, "cpu")
+
+
+def _tiny_setup(batch=1, size=32):
+    model = bench.make_model("resnet18")
+    x = bench.make_input(batch, torch.float32, "cpu", size=size)
+    return model, x
+
+
+def test_measure_model_flags_a_mismatching_variant(monkeypatch):
+    model, x = _tiny_setup()
+    ref = bench.reference_output(model, x)
+    real_build = bench.build_variant
+
+    def build(name, model, x):
+        if name == "fused-cpu":
+            good = real_build(name, model, x).fn
+            return bench.Variant(name, lambda: good() * 1.001)  # 1e-3 > the 1e-4 model bound
+        return real_build(name, model, x)
+
+    monkeypatch.setattr(bench, "build_variant", build)
+    rows = bench.measure_model(model, x, ["reference", "fused-cpu"], warmup=0, reps=1, ref=ref)
+    by_name = {r["variant"]: r for r in rows}
+    assert by_name["reference"]["status"] == "ok"
+    assert by_name["reference"]["images_per_s"] > 0
+    assert by_name["fused-cpu"]["status"] == "MISMATCH"
+    assert "images_per_s" not in by_name["fused-cpu"]  # a wrong variant is never timed
+    assert by_name["fused-cpu"]["rel_error"] > tolerance(torch.float32, "model")
+
+
+def test_run_returns_nonzero_on_mismatch(monkeypatch, capsys):
+    real_build = bench.build_variant
+
+    def build(name, model, x):
+        variant = real_build(name, model, x)
+        if name == "fused-cpu":
+            return bench.Variant(name, lambda: torch.full_like(variant.fn(), math.nan))
+        return variant
+
+    monkeypatch.setattr(bench, "build_variant", build)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--model", "resnet18", "--batch", "1", "--size", "32",
+                              "--iters", "1", "--warmup", "0"])
+    assert bench.run(args) == 1
+    captured = capsys.readouterr()
+    assert "MISMATCH" in captured.out
+    assert "does not match the reference" in captured.err
+
+
+def test_run_cli_with_roofline(monkeypatch, capsys, tmp_path):
+    # Fixed peaks: measuring the real ones costs seconds and is not what is tested here.
+    monkeypatch.setattr(bench, "measure_peaks",
+                        lambda device, dtype: bench.DevicePeaks("cpu", "float32", 1e10, 1e11))
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["--model", "resnet18", "--batch", "1", "--size", "32",
+                              "--iters", "1", "--warmup", "0", "--backends", "cpu",
+                              "--roofline", "--json", str(out)])
+    assert bench.run(args) == 0
+    text = capsys.readouterr().out
+    assert "fused-cpu" in text and "reference" in text and "per-layer roofline" in text
+    report = json.loads(out.read_text())
+    assert {r["variant"] for r in report["results"]} == {"reference", "fused-cpu"}
+    assert all(r["status"] == "ok" for r in report["results"])
+    assert report["roofline"]["layers"][0]["layer"] == "conv1"
+
+
+def test_variant_names_and_availability_on_cpu():
+    assert bench.normalize_variant("cpu") == "fused-cpu"
+    assert bench.normalize_variant("triton+graph") == "fused-triton+graph"
+    with pytest.raises(ValueError, match="unknown variant"):
+        bench.normalize_variant("tensorrt")
+    assert bench.default_variants("cpu", 8) == ["reference", "fused-cpu"]
+    assert "compile" in bench.default_variants("cpu", 8, include_compile=True)
+    model, x = _tiny_setup()
+    for name in ("cudnn-fused", "fused-cpu+graph", "fused-cuda", "fused-triton"):
+        with pytest.raises(bench.Unavailable):
+            bench.build_variant(name, model, x)
+
+
+def test_cudnn_fused_walker_matches_reference_on_cpu():
+    # On CPU tensors the module runs F.conv2d with the folded weights: this checks the walk and
+    # the BN folding of the baseline, which the GPU then runs through cuDNN's fused kernels.
+    for name in ("resnet18", "resnet50"):
+        model = bench.make_model(name)
+        x = bench.make_input(2, torch.float32, "cpu", size=64)
+        with torch.no_grad():
+            y = bench.CudnnFusedResNet(model, torch.float32)(x)
+        bench.check_output(name, y, bench.reference_output(model, x), torch.float32, "cpu")
+
+
+def test_roofline_math_on_a_tiny_layer():
+    layer = bench.ConvLayer("tiny", n=1, c=2, h=4, w=4, k=3, r=3, s=3, stride=1, padding=1,
+                            residual=False, relu=True)
+    assert (layer.ho, layer.wo) == (4, 4)
+    assert layer.flops() == 2 * 1 * 3 * 4 * 4 * 2 * 3 * 3 == 1728
+    # input 32 + weight 54 + output 48 elements, 4 bytes each
+    assert layer.min_bytes(4) == (32 + 54 + 48) * 4 == 536
+    with_res = bench.ConvLayer("tiny", 1, 2, 4, 4, 3, 3, 3, 1, 1, residual=True, relu=True)
+    assert with_res.min_bytes(2) == (32 + 54 + 48 + 48) * 2
+    strided = bench.ConvLayer("s2", 2, 2, 5, 5, 3, 3, 3, 2, 1, False, True)
+    assert (strided.ho, strided.wo) == (3, 3)
+    assert strided.flops() == 2 * 2 * 3 * 3 * 3 * 2 * 9
+
+    peaks = bench.DevicePeaks("cpu", "float32", bandwidth=536.0, flops=1728.0 / 2)
+    (row,) = bench.roofline_rows([layer], peaks, 4, achieved={"tiny": 4.0})
+    assert row["compute_floor_s"] == pytest.approx(2.0)
+    assert row["memory_floor_s"] == pytest.approx(1.0)
+    assert row["floor_s"] == pytest.approx(2.0) and row["bound"] == "compute"
+    assert row["fraction"] == pytest.approx(0.5)
+    floor = bench.model_floor([row | {"count": 3}])
+    assert floor == pytest.approx({"compute": 6.0, "memory": 3.0, "per_layer": 6.0})
+
+
+def test_resnet50_conv_layers_match_the_design_numbers():
+    layers = bench.conv_layers("resnet50")
+    assert layers[0].name == "conv1" and layers[0].label == "7x7 3->64 s2 224x224"
+    assert sum(la.count for la in layers) == 53  # stem + 16 blocks x 3 + 4 downsamples
+    assert len(layers) == 24
+    assert sum(la.count * la.flops() for la in layers) / 1e9 == pytest.approx(8.17, abs=0.01)
+    assert sum(la.residual * la.count for la in layers) == 16  # one per bottleneck
+    # DESIGN.md: bf16 at 800 TFLOP/s and 3.0 TB/s, batch 256 -> per-layer roofline 47.9k img/s.
+    rows = bench.roofline_rows([la.with_batch(256) for la in layers],
+                               bench.DevicePeaks("h100", "bfloat16", 3.0e12, 800e12), 2)
+    floor = bench.model_floor(rows)
+    assert 256 / floor["compute"] == pytest.approx(97.9e3, rel=2e-3)
+    assert 256 / floor["per_layer"] == pytest.approx(47.9e3, rel=2e-3)
+
+
+def _load_report():
+    spec = importlib.util.spec_from_file_location("bench_report", REPO / "benchmarks/report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(name, median, **extra):
+    return {"name": name, "group": None, "stats": {"median": median, "mean": median},
+            "extra_info": extra}
+
+
+def test_report_writes_table_and_plots(tmp_path, capsys):
+    data = {
+        "machine_info": {"cpu_model": "Test CPU", "torch_threads": 2, "torch": "2.x",
+                         "triton": "3.x", "cuda": None, "cudnn": None, "date": "2026-01-01"},
+        "datetime": "2026-01-01T00:00:00",
+        "resnet_fused": {"command": "python -m pytest benchmarks",
+                         "device_peaks": {"torch.float32": {"bandwidth": 4e10, "flops": 4e11}}},
+        "benchmarks": [
+            _record("a", 0.5, model="resnet50", batch=8, dtype="float32", variant="reference"),
+            _record("b", 0.4, model="resnet50", batch=8, dtype="float32", variant="fused-cpu"),
+            _record("c", 0.1, model="resnet50", batch=1, dtype="float32", variant="reference"),
+            _record("d", 0.125, model="resnet50", batch=1, dtype="float32", variant="fused-cpu"),
+            _record("e", 2e-3, layer="conv1", shape="7x7 3->64 s2 224x224", count=1, batch=8,
+                    dtype="float32", variant="conv", floor_s=1e-3),
+            _record("f", 2.5e-3, layer="conv1", shape="7x7 3->64 s2 224x224", count=1, batch=8,
+                    dtype="float32", variant="fused-cpu", floor_s=1e-3),
+        ],
+    }
+    src = tmp_path / "run.json"
+    src.write_text(json.dumps(data))
+    report = _load_report()
+    assert report.main([str(src), "-o", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "run.md").read_text()
+    assert "| model | batch | dtype | reference | fused-cpu |" in md
+    assert "**1.25x** (fused-cpu vs reference)" in md  # 8/0.4 vs 8/0.5
+    assert "**0.80x**" in md  # batch 1: 10 vs 8 images/s
+    # conv alone 2 ms, fused 2.5 ms, floor 1 ms: 40% of the floor, fusion costs 1/0.8
+    assert ("| conv1 | 7x7 3->64 s2 224x224 | 8 | float32 | 2,000.0 | 2,500.0 | 1,000.0 | 40.0% "
+            "| 0.80 |") in md
+    assert "Test CPU" in md and "GEMM 0.400 TFLOP/s" in md
+    if importlib.util.find_spec("matplotlib") is not None:
+        for suffix in ("throughput", "layers"):
+            png = tmp_path / "out" / f"run-{suffix}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
