@@ -70,7 +70,12 @@ step() {
   log ""
   log "=== [$name] $(date -u +%T) (limit ${limit}s): $*"
   local t0=$(date +%s)
-  timeout -s INT -k 15 "$limit" "$@" >> "$LOG" 2>&1
+  if [[ $(type -t "$1") == function ]]; then
+    # timeout runs programs, not shell functions: run the (exported) function in a child bash.
+    timeout -s INT -k 15 "$limit" bash -c "$1" >> "$LOG" 2>&1
+  else
+    timeout -s INT -k 15 "$limit" "$@" >> "$LOG" 2>&1
+  fi
   local rc=$?
   local dt=$(($(date +%s) - t0))
   local what="rc=$rc"
@@ -118,6 +123,9 @@ build() {
   return $rc
 }
 
+export -f info build
+export DRY PY STEPS BUDGET_S
+
 if [[ $DRY == 1 ]]; then
   # CPU plumbing check: tiny sizes, the suite's CPU paths, no build.
   MODEL_ARGS=(--bench-models resnet18 --bench-batches 1 --bench-rounds 2 --bench-warmup 0)
@@ -155,7 +163,11 @@ step roofline "$T_ROOFLINE" "$PY" -m resnet_fused bench "${ROOFLINE_ARGS[@]}"
 step bench-compile "$T_BENCH_COMPILE" "$PY" -m pytest benchmarks/test_model_throughput.py -q \
   "${COMPILE_ARGS[@]}" --benchmark-json "$OUT/bench-compile.json"
 shopt -s nullglob
-JSONS=("$OUT"/bench-*.json)
+JSONS=()
+for f in "$OUT"/bench-*.json; do
+  # pytest-benchmark leaves an empty file when nothing ran (or it was killed): not a result.
+  if [[ -s $f ]]; then JSONS+=("$f"); else rm -f "$f"; fi
+done
 if ((${#JSONS[@]})); then
   step report "$T_REPORT" "$PY" benchmarks/report.py "${JSONS[@]}" -o "$OUT" --stem report
 else

@@ -41,8 +41,13 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
     """(benchmark records, machine infos) from pytest-benchmark JSON files."""
     records, machines = [], []
     for path in paths:
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            # A run that was cut short leaves an empty or partial file: report the rest.
+            print(f"report.py: skipping {path}: {e}", file=sys.stderr)
+            continue
         info = dict(data.get("machine_info", {}))
         info["_file"] = os.path.basename(path)
         info["_datetime"] = data.get("datetime")

@@ -772,7 +772,8 @@ def _progress(items: Sequence, desc: str):
         print("(tqdm is not installed: no progress bar; `pip install tqdm` for one)",
               file=sys.stderr)
         return items
-    return tqdm(items, desc=desc, leave=False, file=sys.stderr)
+    # disable=None: no bar when stderr is not a terminal (a log file would fill with redraws).
+    return tqdm(items, desc=desc, leave=False, file=sys.stderr, disable=None)
 
 
 def _dt(dtype: torch.dtype) -> str:
