@@ -827,33 +827,48 @@ def machine_summary(device: torch.device) -> str:
 def measure_model(model: nn.Module, x: Tensor, variants: Sequence[str], warmup: int, reps: int,
                   ref: Tensor | None = None) -> list[dict]:
     """Builds, checks and times each variant; one result dict per variant (never raises for a
-    single variant: ``status`` is ``ok``, ``skipped: ...`` or ``MISMATCH: ...``)."""
+    single variant: ``status`` is ``ok``, ``skipped: ...`` or ``MISMATCH``).
+
+    The timed reps are interleaved (one call of each variant per round) so that clock drift,
+    thermal state and other load on a shared machine hit every variant alike; the speedup column
+    compares like with like even when the absolute numbers are noisy.
+    """
     if ref is None:
         ref = reference_output(model, x)
-    results = []
-    for name in _progress(list(variants), "variants"):
+    results, ready = [], []
+    for name in _progress(list(variants), "build + check"):
         row = {"variant": name, "batch": x.shape[0], "dtype": str(x.dtype).replace("torch.", "")}
+        results.append(row)
         try:
             variant = build_variant(name, model, x)
             row["setup_s"] = variant.setup_s
             y = variant.fn()
             row["rel_error"] = relative_error(y.float(), ref)
             check_output(name, y, ref, x.dtype, x.device)
-            timing = time_fn(variant.fn, x.device, warmup, reps)
-            row.update(status="ok", median_s=timing.median, stdev_s=timing.stdev,
-                       images_per_s=x.shape[0] / timing.median)
+            del y
+            ready.append((row, variant))
         except Unavailable as e:
             row["status"] = f"skipped: {e}"
         except MismatchError as e:
             print(f"ERROR: {e}", file=sys.stderr)
             row["status"] = "MISMATCH"
-        finally:
-            variant = None
-            if name == "compile":
-                torch._dynamo.reset()
-            if x.is_cuda:
-                torch.cuda.empty_cache()
-        results.append(row)
+    try:
+        for _row, variant in ready:
+            time_fn(variant.fn, x.device, warmup=0, reps=max(1, warmup))
+        times: list[list[float]] = [[] for _ in ready]
+        for _ in _progress(range(reps), "timed rounds"):
+            for i, (_row, variant) in enumerate(ready):
+                times[i] += time_fn(variant.fn, x.device, warmup=0, reps=1).times
+        for (row, _variant), t in zip(ready, times, strict=True):
+            timing = Timing(t)
+            row.update(status="ok", median_s=timing.median, min_s=timing.min,
+                       stdev_s=timing.stdev, images_per_s=x.shape[0] / timing.median)
+    finally:
+        ready.clear()
+        if "compile" in variants:
+            torch._dynamo.reset()  # frees the compiled graph and its frozen weights
+        if x.is_cuda:
+            torch.cuda.empty_cache()
     return results
 
 
@@ -897,12 +912,13 @@ def run(args: argparse.Namespace) -> int:
         ips = r.get("images_per_s")
         rows.append([r["variant"], _fmt(ips, ",.1f"),
                      _fmt(r.get("median_s") and r["median_s"] * 1e3, ".2f"),
+                     _fmt(r.get("min_s") and r["min_s"] * 1e3, ".2f"),
                      _fmt(ips / ref_ips if ips and ref_ips else None, ".2f"),
                      _fmt(r.get("rel_error"), ".2e"), _fmt(r.get("setup_s"), ".1f"),
                      r["status"]])
     print()
-    _print_table(["variant", "images/s", "ms/batch", "vs reference", "rel. error", "setup s",
-                  "status"], rows)
+    _print_table(["variant", "images/s", "ms/batch", "best ms", "vs reference", "rel. error",
+                  "setup s", "status"], rows)
     failed = any(r["status"] == "MISMATCH" for r in results)
 
     report: dict = {"model": args.model, "batch": batch, "dtype": str(dtype), "device": str(device),
