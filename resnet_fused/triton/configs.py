@@ -140,12 +140,13 @@ def conv_candidates(family: str, dtype: torch.dtype) -> tuple[ConvConfig, ...]:
     return CONV_CONFIGS[(family, dtype_class(dtype))]
 
 
-def all_conv_configs() -> list[ConvConfig]:
-    """Every distinct config in the table (the tests run each once)."""
+def all_conv_configs(dtype: torch.dtype | None = None) -> list[ConvConfig]:
+    """Every distinct config in the table, or those for ``dtype``'s class (the tests run each)."""
     seen: dict[ConvConfig, None] = {}
-    for cands in CONV_CONFIGS.values():
-        for cfg in cands:
-            seen.setdefault(cfg, None)
+    for (_, cls), cands in CONV_CONFIGS.items():
+        if dtype is None or cls == dtype_class(dtype):
+            for cfg in cands:
+                seen.setdefault(cfg, None)
     return list(seen)
 
 

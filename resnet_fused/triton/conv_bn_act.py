@@ -147,6 +147,26 @@ def _is_tracing(t: Tensor) -> bool:
     return is_fake(t) or torch._C._len_torch_dispatch_stack() > 0
 
 
+def _interpreter_fake_launch(t: Tensor, op: str) -> bool:
+    """Under TRITON_INTERPRET=1 with fake tensors: True means "return the metadata-only output".
+
+    Raises under functionalization (AOTAutograd, i.e. torch.compile with any backend other than
+    "eager"): triton_op would put the kernel into the graph through wrap_triton, which cannot
+    wrap an interpreted kernel, so the compiled graph would silently skip the kernel.
+    """
+    if not (configs.interpreting() and _is_tracing(t)):
+        return False
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    if isinstance(t, FunctionalTensor):
+        raise RuntimeError(
+            f"resnet_fused::{op}: under TRITON_INTERPRET=1 the Triton kernels can run eagerly or "
+            "under torch.compile(backend='eager') only; compiling them into a graph needs the "
+            "real Triton compiler on a CUDA device"
+        )
+    return True
+
+
 def _precision(dtype: torch.dtype) -> str:
     if dtype != torch.float32:
         return "tf32"  # ignored for 16-bit operands; it is tl.dot's default
@@ -179,27 +199,33 @@ def conv_bn_act_launch(
     m = n * ho * wo
     if m == 0:
         return
-    gemm = r == 1 and s == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
-    gemm = gemm and _rows_collapse(input)
+    # Constexprs must be plain Python values: bool()/int() specialize symbolic shapes (dynamic
+    # torch.compile) instead of passing SymBools/SymInts into the kernel's compile key.
+    gemm = bool(r == 1 and s == 1 and stride[0] == 1 and stride[1] == 1 and padding[0] == 0
+                and padding[1] == 0 and _rows_collapse(input))
     has_res = residual is not None
     # A dummy pointer when there is no residual; HAS_RES=False compiles the load away.
     res = residual if has_res else out
-    res_flat = has_res and _rows_collapse(res)
-    int64 = force_int64 or max(_extent(t) for t in (input, weight, res, out)) > _INT32_LIMIT
+    res_flat = bool(has_res and _rows_collapse(res))
+    int64 = bool(force_int64 or max(_extent(t) for t in (input, weight, res, out)) > _INT32_LIMIT)
     grid = (triton.cdiv(m, config.BLOCK_M) * triton.cdiv(k, config.BLOCK_N),)
     wrap_triton(_conv_bn_act_kernel)[grid](
         input, weight, scale, shift, res, out,
         m, c, h, w, k, ho, wo,
         *input.stride(), *weight.stride(), *res.stride(),
         stride[0], stride[1], padding[0], padding[1],
-        R=r, S=s, HAS_RES=has_res, RELU=relu, GEMM=gemm, RES_FLAT=res_flat, INT64=int64,
+        R=int(r), S=int(s), HAS_RES=has_res, RELU=relu, GEMM=gemm, RES_FLAT=res_flat, INT64=int64,
         PRECISION=_precision(input.dtype),
         BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
         GROUP_M=config.GROUP_M, num_warps=config.num_warps, num_stages=config.num_stages,
     )
 
 
-def _config_key(input, weight, residual, stride, padding, relu) -> tuple:
+def _config_key(input, weight, residual, stride, padding, relu) -> tuple | None:
+    """The cache key, or None when a size is symbolic (SymInts are unhashable; no caching)."""
+    dims = (*input.shape, *weight.shape, *stride, *padding)
+    if not all(type(d) is int for d in dims):
+        return None
     return (
         tuple(input.shape), tuple(weight.shape), input.dtype, _precision(input.dtype),
         tuple(stride), tuple(padding), residual is not None, relu,
@@ -214,13 +240,14 @@ def _choose_config(input, weight, scale, shift, residual, stride, padding, relu,
     if configs.interpreting():
         return configs.interpreter_conv_config(m, weight.shape[1], weight.shape[0])
     key = _config_key(input, weight, residual, stride, padding, relu)
-    chosen = configs.cached(key)
+    chosen = configs.cached(key) if key is not None else None
     if chosen is not None:
-        return chosen
+        return chosen  # also under torch.compile: the kernel traced is the tuned one
     family = configs.conv_family(m, weight.shape[1], weight.shape[0], *weight.shape[2:])
     candidates = configs.conv_candidates(family, input.dtype)
     if (
-        not configs.autotune_enabled()
+        key is None
+        or not configs.autotune_enabled()
         or len(candidates) == 1
         or input.device.type != "cuda"
         or _is_tracing(input)
@@ -269,9 +296,9 @@ def triton_conv_bn_act(
                       memory_format=torch.channels_last)
     if out.numel() == 0:
         return out  # N = 0: nothing to launch
-    if configs.interpreting() and _is_tracing(input):
-        # The interpreter runs kernels on real host memory; wrap_triton cannot trace an
-        # interpreted kernel, so under fake tensors only the (already correct) metadata matters.
+    if _interpreter_fake_launch(input, "triton_conv_bn_act"):
+        # The interpreter runs kernels on real host memory; under fake tensors (opcheck's fake
+        # test, dynamo's shape propagation) only the already-correct metadata matters.
         return out
     # The kernel reads scale/shift with unit stride (a no-op for fuse()'s buffers).
     scale = scale.contiguous()
