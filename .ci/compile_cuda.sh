@@ -22,8 +22,11 @@ fi
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-# Keep in sync with setup.py's nvcc flags.
+# setup.py's nvcc flags, plus the ones torch's BuildExtension adds (no implicit half/bf16
+# conversions or operators, -fPIC), plus warnings-as-errors and a ptxas register-spill warning.
 NVCC_FLAGS=(-std=c++17 -O3 --use_fast_math -lineinfo -DRESNET_FUSED_WITH_CUDA --expt-relaxed-constexpr
+            -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
+            -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ -Xcompiler -fPIC
             -Werror all-warnings -Xptxas -warn-spills)
 ARCHS=("compute_80,code=sm_80" "compute_90a,code=sm_90a")
 

@@ -28,7 +28,9 @@
 
 namespace resnet_fused {
 namespace cuda {
-namespace {
+// A named (not anonymous) namespace: builds for pre-sm_80 archs compile the sm_80 helpers out of
+// the kernels, and nvcc would then flag the internal-linkage leftovers as unused.
+namespace conv_detail {
 
 // Two adjacent elements at a 2-element-aligned address.
 __device__ __forceinline__ float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
@@ -150,7 +152,7 @@ __device__ __forceinline__ uint32_t to_tf32(uint32_t x) {
 #endif  // RF_HAS_SM80
 
 // ------------------------------------------------------------------------------------------------
-// Tile shapes (data, chosen per problem by pick_tile below).
+// Tile shapes (data; launch_tensor_core below picks one per problem).
 
 enum class Math { kMma, kFma };
 
@@ -518,7 +520,9 @@ cudaError_t launch_direct(const ConvBnActParams& p, cudaStream_t stream) {
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
-}  // namespace
+}  // namespace conv_detail
+
+using namespace conv_detail;
 
 int conv_bn_act_channel_alignment(DType dtype) { return dtype == DType::kFloat32 ? 4 : 8; }
 
