@@ -20,18 +20,24 @@ BACKENDS = ("cpu", "cuda", "triton", "aten")
 CHOICES = (*BACKENDS, "auto")
 
 
-@functools.cache
+# Facts about this install, computed once at import: to torch.compile they are plain constants
+# (dynamo cannot trace _dispatch_has_kernel_for_dispatch_key or find_spec in a fullgraph region).
+_CUDA_KERNELS_BUILT = torch._C._dispatch_has_kernel_for_dispatch_key(
+    "resnet_fused::conv_bn_act", "CUDA"
+)
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+
+
 def _cuda_kernels_built() -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key("resnet_fused::conv_bn_act", "CUDA")
+    return _CUDA_KERNELS_BUILT
 
 
 def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.cache
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_IMPORTABLE
 
 
 def backend_status() -> dict[str, str]:
