@@ -267,6 +267,23 @@ def test_low_precision_fused_model(name, dtype, zoo, generator):
     assert model.conv1.weight.dtype == torch.float32, "the source model keeps its dtype"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16],
+                         ids=lambda d: str(d).removeprefix("torch."))
+def test_low_precision_source_model(dtype, zoo, generator):
+    """A bf16/fp16 source model fuses in its own dtype (BN folded in fp32 from its params)."""
+    model, _ = zoo("resnet18")
+    low = copy.deepcopy(model).to(dtype)
+    fused = fuse(low, backend="cpu")
+    assert fused.dtype == dtype and fused.stem.weight.dtype == dtype
+    assert fused.stem.scale.dtype == torch.float32
+    x = torch.randn(2, 3, 48, 48, generator=generator)
+    with torch.no_grad():
+        y = fused(x)
+        ref = copy.deepcopy(low).float()(x)  # fp32 composition of the same low-precision params
+    assert y.dtype == dtype
+    assert_model_close(y, ref, dtype)
+
+
 def test_low_precision_weights_are_the_reference_weights(zoo):
     """BN stays in the epilogue: bf16 weights are exactly the source's weights cast to bf16."""
     model, _ = zoo("resnet18")
