@@ -13,12 +13,6 @@ from resnet_fused import ops
 from resnet_fused.reference import conv_bn_act_reference
 from resnet_fused.testing import random_bn_params, randomize_batchnorm_, relative_error, tolerance
 
-_COMPILE_CPU_BUG = (
-    "BUG: backends.py resolve_backend calls backend_status() (-> torch._C."
-    "_dispatch_has_kernel_for_dispatch_key, untraceable) for every explicit backend, even 'cpu': "
-    "dynamo graph-breaks, so fullgraph=True fails with backend='cpu'"
-)
-
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
@@ -35,11 +29,7 @@ def _sample(generator, residual=True, n=2):
     return x, w, scale, shift, res
 
 
-@pytest.mark.parametrize(
-    "backend",
-    ["auto", pytest.param("cpu", marks=pytest.mark.xfail(strict=True, reason=_COMPILE_CPU_BUG)),
-     "aten"],
-)
+@pytest.mark.parametrize("backend", ["auto", "cpu", "aten"])
 def test_compile_op(backend, generator):
     x, w, scale, shift, res = _sample(generator)
 
@@ -74,10 +64,7 @@ def test_compile_raw_ops_dynamic(generator):
         assert relative_error(y, ref) <= tolerance(torch.float32, "op")
 
 
-@pytest.mark.parametrize(
-    "backend",
-    ["auto", pytest.param("cpu", marks=pytest.mark.xfail(strict=True, reason=_COMPILE_CPU_BUG))],
-)
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
 def test_compile_fused_model(backend, generator):
     """fuse(resnet18) at 32x32 (layer4 runs on 1x1 maps) compiles in one graph, same output."""
     model = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval()
