@@ -69,7 +69,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-layer-variants", default=None,
                     help="comma-separated layer variants to keep (default: all)")
     group.addoption("--bench-layers", default=None,
-                    help="only layers whose name contains one of these comma-separated strings")
+                    help="only these layers, comma-separated module names of the reference "
+                         "model (e.g. conv1,layer4.0.conv2)")
     group.addoption("--bench-rounds", type=int, default=None,
                     help="timed rounds per case (default: 30 GPU, 5 CPU)")
     group.addoption("--bench-warmup", type=int, default=None,
@@ -157,7 +158,7 @@ def pytest_generate_tests(metafunc):
         only = config.getoption("--bench-layers")
         if only:
             wanted = _split(only, "")
-            layers = [la for la in layers if any(w in la.name for w in wanted)]
+            layers = [la for la in layers if la.name in wanted]
         batches = [int(b) for b in _split(config.getoption("--bench-layer-batches"),
                                           "256" if gpu else "8")]
         dtypes = _split(config.getoption("--bench-layer-dtypes"), "bfloat16" if gpu else "float32")

@@ -19,8 +19,9 @@ def test_model_throughput(benchmark, bench_config, model_cache, timed, model_nam
     device = bench_config.device
     dtype = bench.DTYPES[dtype_name]
     if model_variant == "compile" and not bench_config.compile:
-        pytest.skip("torch.compile(max-autotune) takes minutes per model on a CPU: opt in with "
-                    "--bench-compile yes")
+        why = ("takes minutes per model on a CPU" if device.type == "cpu"
+               else "turned off with --bench-compile no")
+        pytest.skip(f"torch.compile(max-autotune) baseline {why}: opt in with --bench-compile yes")
     if device.type == "cpu" and dtype != torch.float32:
         pytest.skip("CPU benchmarks are fp32 (the fused CPU path's target)")
     model = model_cache.model(model_name)
