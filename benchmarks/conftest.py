@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -201,8 +202,16 @@ def timed(bench_config):
                 bench.l2_flush(device)
         else:
             benchmark.extra_info["timer"] = "perf_counter"
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         benchmark.pedantic(fn, setup=setup, rounds=bench_config.rounds,
                            warmup_rounds=bench_config.warmup, iterations=1)
+        if not bench_config.gpu:
+            # Share of this process's threads that actually ran: ~1.0 on an idle machine, well
+            # below when other work held the cores (OpenMP regions then stall on a preempted
+            # thread). report.py flags such cases instead of silently mixing them in.
+            wall = time.perf_counter() - wall0
+            busy = (time.process_time() - cpu0) / (wall * torch.get_num_threads())
+            benchmark.extra_info["cpu_busy"] = round(busy, 3)
         if benchmark.stats is None:
             return None
         return benchmark.stats.stats.median

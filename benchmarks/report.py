@@ -22,6 +22,9 @@ import sys
 from collections import defaultdict
 
 BASELINES = ("reference", "cudnn-fused", "compile")
+# A CPU case whose threads ran less than this share of its wall time shared the cores with other
+# work (conftest.py records ``cpu_busy``); its time is flagged, not trusted.
+CONTENDED = 0.7
 # Display order: baselines (per layer: conv alone, eager) first, then the fused backends; a
 # variant's CUDA-graph replay follows it.
 ORDER = ("reference", "cudnn-fused", "compile", "conv", "eager", "fused-cpu", "fused-cuda",
@@ -77,6 +80,10 @@ def use_stat(records: list[dict], stat: str) -> list[dict]:
     return out
 
 
+def _contended(r: dict) -> bool:
+    return r.get("cpu_busy") is not None and r["cpu_busy"] < CONTENDED
+
+
 def _images_per_s(r: dict) -> float:
     return r["batch"] / r.get("t_s", r["median_s"])
 
@@ -89,17 +96,22 @@ def model_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
         if "layer" in r or "model" not in r:
             continue
         table[(r["model"], r["batch"], r["dtype"])][r["variant"]] = _images_per_s(r)
+        if _contended(r):
+            table[(r["model"], r["batch"], r["dtype"])].setdefault("_contended", set()).add(
+                r["variant"])
         variants.add(r["variant"])
     cols = sorted(variants, key=_order)
     rows = []
     for (model, batch, dtype), ips in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                             kv[0][2])):
+        contended = ips.pop("_contended", set())
         base = {v: x for v, x in ips.items() if is_baseline(v)}
         fused = {v: x for v, x in ips.items() if not is_baseline(v)}
         best_base = max(base.items(), key=lambda kv: kv[1]) if base else None
         best_fused = max(fused.items(), key=lambda kv: kv[1]) if fused else None
         speedup = best_fused[1] / best_base[1] if best_base and best_fused else None
         rows.append({"model": model, "batch": batch, "dtype": dtype, "ips": ips,
+                     "contended": contended,
                      "best_baseline": best_base, "best_fused": best_fused, "speedup": speedup})
     return cols, rows
 
@@ -118,6 +130,8 @@ def layer_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
                                      "bytes": r.get("bytes"), "floor_s": r.get("floor_s"),
                                      "times": {}})
         row["times"][r["variant"]] = r.get("t_s", r["median_s"])
+        if _contended(r):
+            row.setdefault("contended", set()).add(r["variant"])
         if row["floor_s"] is None:
             row["floor_s"] = r.get("floor_s")
         variants.add(r["variant"])
@@ -155,7 +169,8 @@ def markdown(records: list[dict], machines: list[dict], stat: str = "median") ->
                 "| model | batch | dtype | " + " | ".join(cols) + " | best fused / best baseline |",
                 "|---|--:|---|" + "--:|" * len(cols) + "---|"]
         for r in rows:
-            cells = [_fmt(r["ips"].get(c), ",.1f") for c in cols]
+            cells = [_fmt(r["ips"].get(c), ",.1f") + (" †" if c in r["contended"] else "")
+                     for c in cols]
             if r["speedup"] is not None:
                 best = (f"**{r['speedup']:.2f}x** ({r['best_fused'][0]} vs "
                         f"{r['best_baseline'][0]})")
@@ -181,7 +196,9 @@ def markdown(records: list[dict], machines: list[dict], stat: str = "median") ->
             frac = r["floor_s"] / best if best and r["floor_s"] else None
             ratio = t["conv"] / best if best and "conv" in t else None
             out.append(f"| {r['layer']} | {r['shape']} | {r['batch']} | {r['dtype']} | "
-                       + " | ".join(_fmt(t.get(c) and t[c] * 1e6, ",.1f") for c in lcols)
+                       + " | ".join(_fmt(t.get(c) and t[c] * 1e6, ",.1f")
+                                    + (" †" if c in r.get("contended", ()) else "")
+                                    for c in lcols)
                        + f" | {_fmt(r['floor_s'] and r['floor_s'] * 1e6, ',.1f')} | "
                        f"{_fmt(frac, '.1%')} | {_fmt(ratio, '.2f')} |")
         out.append("")
@@ -197,6 +214,9 @@ def markdown(records: list[dict], machines: list[dict], stat: str = "median") ->
                 parts.append(f"floor {sum(r['count'] * r['floor_s'] for r in sel) * 1e6:,.0f}")
             out.append(f"- batch {batch}, {dtype}: " + ", ".join(parts))
         out.append("")
+    if any(_contended(r) for r in records):
+        out += [f"†: the CPU was shared with other work during this case (its threads ran < "
+                f"{CONTENDED:.0%} of the wall time), so its time is inflated.", ""]
     if not rows and not lrows:
         out.append("(no timed benchmarks in the input: was it run with --benchmark-disable?)")
     return "\n".join(out)
@@ -282,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", default=".", help="output folder")
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="statistic of the timed rounds to report (min: for shared machines)")
+    parser.add_argument("--no-plots", action="store_true", help="only the Markdown")
     parser.add_argument("--stem", default=None,
                         help="output file name stem (default: the first JSON's name)")
     args = parser.parse_args(argv)
@@ -295,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         f.write(text + "\n")
     print(text)
     written = [md]
-    for suffix, plot in (("throughput", plot_throughput), ("layers", plot_layers)):
+    plots = () if args.no_plots else (("throughput", plot_throughput), ("layers", plot_layers))
+    for suffix, plot in plots:
         png = os.path.join(args.out, f"{stem}-{suffix}.png")
         if plot(records, png):
             written.append(png)

@@ -199,7 +199,8 @@ def test_report_writes_table_and_plots(tmp_path, capsys):
             _record("a", 0.5, model="resnet50", batch=8, dtype="float32", variant="reference"),
             _record("b", 0.4, model="resnet50", batch=8, dtype="float32", variant="fused-cpu"),
             _record("c", 0.1, model="resnet50", batch=1, dtype="float32", variant="reference"),
-            _record("d", 0.125, model="resnet50", batch=1, dtype="float32", variant="fused-cpu"),
+            _record("d", 0.125, model="resnet50", batch=1, dtype="float32", variant="fused-cpu",
+                    cpu_busy=0.3),
             _record("e", 2e-3, layer="conv1", shape="7x7 3->64 s2 224x224", count=1, batch=8,
                     dtype="float32", variant="conv", floor_s=1e-3),
             _record("f", 2.5e-3, layer="conv1", shape="7x7 3->64 s2 224x224", count=1, batch=8,
@@ -214,6 +215,7 @@ def test_report_writes_table_and_plots(tmp_path, capsys):
     assert "| model | batch | dtype | reference | fused-cpu |" in md
     assert "**1.25x** (fused-cpu vs reference)" in md  # 8/0.4 vs 8/0.5
     assert "**0.80x**" in md  # batch 1: 10 vs 8 images/s
+    assert "| 8.0 † |" in md and "shared with other work" in md  # cpu_busy 0.3: flagged
     # conv alone 2 ms, fused 2.5 ms, floor 1 ms: 40% of the floor, fusion costs 1/0.8
     assert ("| conv1 | 7x7 3->64 s2 224x224 | 8 | float32 | 2,000.0 | 2,500.0 | 1,000.0 | 40.0% "
             "| 0.80 |") in md
