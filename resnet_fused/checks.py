@@ -6,6 +6,7 @@ argument and what was expected. The C++ backends run the C++ twin.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -16,14 +17,16 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def as_pair(name: str, value: int | Sequence[int], minimum: int) -> list[int]:
     """``stride``/``padding`` as a list of two ints >= ``minimum`` (an int means both dims)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
+    def is_int(v) -> bool:  # a real integer, not a bool/float/str that int() would coerce
+        return isinstance(v, (numbers.Integral, torch.SymInt)) and not isinstance(v, bool)
+
+    if is_int(value):
         value = [value, value]
-    try:
-        pair = [int(v) for v in value]
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(
+        is_int(v) for v in value
+    ):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    pair = list(value)
     if len(pair) != 2 or any(v < minimum for v in pair):
         raise ValueError(f"{name} must be two integers >= {minimum}, got {list(value)}")
     return pair

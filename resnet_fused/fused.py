@@ -31,10 +31,11 @@ class FusedConvBNAct(nn.Module):
         super().__init__()
         # channels_last (K, R, S, C memory) is the layout every backend's kernel reads fastest:
         # packing it once here keeps the per-call path free of weight copies.
-        weight = weight.detach().contiguous(memory_format=torch.channels_last)
-        self.register_buffer("weight", weight)
-        self.register_buffer("scale", scale.detach().float().contiguous())
-        self.register_buffer("shift", shift.detach().float().contiguous())
+        # clone, not .contiguous(): the fused model must never share storage with the source model
+        # (a (K, C, 1, 1) weight already counts as channels_last, and .contiguous would alias it).
+        self.register_buffer("weight", weight.detach().clone(memory_format=torch.channels_last))
+        self.register_buffer("scale", scale.detach().float().clone())
+        self.register_buffer("shift", shift.detach().float().clone())
         self.stride = tuple(stride)
         self.padding = tuple(padding)
         self.relu = relu
@@ -60,6 +61,15 @@ class FusedConvBNAct(nn.Module):
         scale, shift = fold_batchnorm(bn, conv.bias, name=name)
         return cls(conv.weight.detach().to(dtype), scale, shift, conv.stride, conv.padding,
                    relu, backend)
+
+    def _apply(self, fn, recurse=True):
+        # BatchNorm stays fp32 whatever dtype the module is cast to (`.half()`, `.to(bf16)`):
+        # keep the exact fp32 values and only follow the move to another device.
+        scale, shift = self.scale, self.shift
+        super()._apply(fn, recurse)
+        self.scale = scale.to(self.scale.device)
+        self.shift = shift.to(self.shift.device)
+        return self
 
     @property
     def in_channels(self) -> int:
@@ -103,14 +113,18 @@ class FusedResNet(nn.Module):
     """
 
     def __init__(self, stem: FusedConvBNAct, maxpool: nn.Module, stages: nn.Sequential,
-                 pool: nn.Module, fc: nn.Module, dtype: torch.dtype) -> None:
+                 pool: nn.Module, fc: nn.Module) -> None:
         super().__init__()
         self.stem = stem
         self.maxpool = maxpool
         self.stages = stages
         self.pool = pool
         self.fc = fc
-        self.dtype = dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype: the weights' (follows `.half()`, `.to(torch.bfloat16)` as well)."""
+        return self.stem.weight.dtype
 
     def _check_input(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -242,5 +256,5 @@ def fuse(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = No
         stages.append(nn.Sequential(*blocks))
     pool = copy.deepcopy(_child(model, ("avgpool", "global_pool"), "", "global pool"))
     fc = copy.deepcopy(_child(model, ("fc",), "", "classifier"))
-    fused = FusedResNet(stem, maxpool, nn.Sequential(*stages), pool, fc.to(dtype), dtype)
+    fused = FusedResNet(stem, maxpool, nn.Sequential(*stages), pool, fc.to(dtype))
     return fused.to(stem_conv.weight.device).eval().requires_grad_(False)

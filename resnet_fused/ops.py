@@ -88,7 +88,9 @@ def add_relu(x: Tensor, residual: Tensor, backend: str = "auto") -> Tensor:
 @torch.library.register_fake("resnet_fused::conv_bn_act")
 def _conv_bn_act_fake(input, weight, scale, shift, residual, stride, padding, relu):
     sizes = check_conv_bn_act_args(input, weight, scale, shift, residual, stride, padding)
-    return input.new_empty(sizes).contiguous(memory_format=torch.channels_last)
+    return torch.empty(
+        sizes, dtype=input.dtype, device=input.device, memory_format=torch.channels_last
+    )
 
 
 @torch.library.register_fake("resnet_fused::add_relu")

@@ -34,7 +34,13 @@ def conv_bn_act_reference(
         y = y + residual.to(acc_dtype)
     if relu:
         y = torch.relu(y)
-    return y.to(input.dtype).contiguous(memory_format=torch.channels_last)
+    # Not .contiguous(channels_last): that is a no-op when size-1 dims make y count as channels_last
+    # already, and the contract is the canonical strides.
+    out = torch.empty(
+        y.shape, dtype=input.dtype, device=y.device, memory_format=torch.channels_last
+    )
+    out.copy_(y)
+    return out
 
 
 def add_relu_reference(x: Tensor, residual: Tensor) -> Tensor:

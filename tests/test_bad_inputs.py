@@ -94,10 +94,6 @@ def test_conv_bn_act_bad_arguments(name, backend, good):
         _call(good, backend)
 
 
-_FLOAT_STRIDE_BUG = (
-    "BUG: checks.py as_pair converts with int(v): stride=(2.5, 1) silently becomes (2, 1) and "
-    "the string '12' becomes (1, 2) instead of raising"
-)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -106,8 +102,8 @@ _FLOAT_STRIDE_BUG = (
     [
         2.5,
         1.0,
-        pytest.param((2.5, 1), marks=pytest.mark.xfail(strict=True, reason=_FLOAT_STRIDE_BUG)),
-        pytest.param("12", marks=pytest.mark.xfail(strict=True, reason=_FLOAT_STRIDE_BUG)),
+        (2.5, 1),
+        "12",
     ],
     ids=["float", "float-integral", "float-pair", "str"],
 )

@@ -223,14 +223,8 @@ def test_fuse_does_not_modify_source(generator):
         assert torch.equal(model.state_dict()[k], v), k
 
 
-_ALIAS_BUG = (
-    "BUG: fused.py FusedConvBNAct.__init__ stores weight.detach().contiguous(channels_last): a "
-    "no-op, i.e. the source Parameter's own storage, for every 1x1 conv and for all convs of a "
-    "channels_last model; in-place updates of the source then change the fused model"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=_ALIAS_BUG)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL],
                          ids=["contiguous", "channels_last"])
 def test_fused_model_is_independent_of_source(memory_format, generator):

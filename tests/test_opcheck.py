@@ -79,19 +79,14 @@ def test_opcheck_add_relu(name, generator):
 
 # --- fake impls: exact shapes and strides ------------------------------------------------------
 
-_FAKE_STRIDE_BUG = (
-    "BUG: ops.py _conv_bn_act_fake: new_empty(sizes).contiguous(memory_format=channels_last) is a "
-    "no-op when size-1 dims make the NCHW tensor count as channels_last: fake strides != real"
-)
 
 FAKE_CASES = {
     "regular": {},
     "n1": {"n": 1},
     "n0": {"n": 0},
     "stride2": {"stride": (2, 2), "residual": True},
-    "out1x1": pytest.param({"h": 3, "w": 3, "padding": (0, 0)},
-                           marks=pytest.mark.xfail(strict=True, reason=_FAKE_STRIDE_BUG)),
-    "k1": pytest.param({"k": 1}, marks=pytest.mark.xfail(strict=True, reason=_FAKE_STRIDE_BUG)),
+    "out1x1": {"h": 3, "w": 3, "padding": (0, 0)},
+    "k1": {"k": 1},
 }
 
 

@@ -175,19 +175,12 @@ LAYOUT_CASES = {
     "k1": (2, 5, 9, 7, 1, 3, 1),
     "n0": (0, 5, 9, 7, 6, 3, 1),
 }
-_ATEN_1X1_BUG = (
-    "BUG: reference.py conv_bn_act_reference: .contiguous(memory_format=channels_last) is a no-op "
-    "when size-1 dims make the NCHW result count as channels_last: non-canonical strides"
-)
 
 
 def _layout_params():
     for backend in ("cpu", "aten"):
         for name in LAYOUT_CASES:
-            marks = ()
-            if backend == "aten" and name in ("out1x1", "k1"):
-                marks = pytest.mark.xfail(strict=True, reason=_ATEN_1X1_BUG)
-            yield pytest.param(backend, name, marks=marks, id=f"{backend}-{name}")
+            yield pytest.param(backend, name, id=f"{backend}-{name}")
 
 
 @pytest.mark.parametrize(("backend", "name"), list(_layout_params()))

@@ -57,12 +57,6 @@ gpu_only = pytest.mark.skipif(
 )
 
 
-# Whole fused models do not compile with fullgraph=True yet: resnet_fused.backends.
-# resolve_backend calls torch._C._dispatch_has_kernel_for_dispatch_key (inside a functools.cache
-# function), which dynamo cannot trace. Strict, so the tests flag the fix: delete this marker
-# together with the backends.py change described in the Triton backend's hand-off note.
-XFAIL_BACKENDS_NOT_TRACEABLE = pytest.mark.xfail(
-    strict=True, reason="backends.resolve_backend is not traceable by dynamo (fullgraph)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +398,6 @@ def test_ops_trace_fullgraph_dynamo(dynamic, generator):
 
 @pytest.mark.interpreter
 @interp_only
-@XFAIL_BACKENDS_NOT_TRACEABLE
 def test_fused_model_compiles_fullgraph(generator):
     model = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval()
     fused = resnet_fused.fuse(model, backend="triton")
@@ -637,7 +630,6 @@ def test_gpu_fused_model_cuda_graph(no_autotune, generator):
 
 @pytest.mark.gpu
 @gpu_only
-@XFAIL_BACKENDS_NOT_TRACEABLE
 def test_gpu_fused_model_compile_fullgraph(no_autotune, generator):
     model = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval().cuda()
     fused = resnet_fused.fuse(model, backend="triton", dtype=torch.float16)
