@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--size", type=int, default=64, help="input height and width")
     check.add_argument("--seed", type=int, default=0)
 
+    from . import sweep
+
+    sweep.add_arguments(sub.add_parser(
+        "sweep", help="seeded randomized conv_bn_act sweep of chosen backends vs the reference"))
+
     bench = sub.add_parser("bench", help="throughput of the fused model vs the reference")
     try:
         from . import bench as bench_module
@@ -114,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args)
     if args.command == "bench":
         return cmd_bench(args)
+    if args.command == "sweep":
+        from . import sweep
+
+        return sweep.run(args)
     # The main job: prove the numbers, then measure.
     cmd_info(args)
     print()

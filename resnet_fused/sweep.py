@@ -1,0 +1,155 @@
+"""``python -m resnet_fused sweep``: a seeded randomized sweep of ``conv_bn_act`` per backend.
+
+Each case draws kernel size, stride, padding, odd H/W, channel counts that are not multiples of 8
+(3 included), batch 0..300, residual/ReLU on/off, dtype and input memory format, then compares the
+backend with the reference composition in higher precision (float64 for fp32, fp32 for fp16/bf16)
+under DESIGN.md's per-op bounds. On CUDA the output memory is poisoned with NaN first (the caching
+allocator hands the freed poisoned block back), so an element the kernel fails to write fails the
+case. The same seed and size always give the same cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import ops
+from .backends import BACKENDS
+from .reference import conv_bn_act_reference
+from .testing import random_bn_params, reference_dtype, relative_error, tolerance
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Bound each case's input size so a 500-case sweep stays within minutes on one GPU.
+_MAX_INPUT_ELEMENTS = 2_000_000
+
+
+@dataclass
+class Case:
+    index: int
+    n: int
+    c: int
+    k: int
+    h: int
+    w: int
+    r: int
+    s: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    residual: bool
+    relu: bool
+    dtype: str
+    channels_last: bool
+
+
+def draw_cases(count: int, seed: int, dtypes: list[str]) -> list[Case]:
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        r = rng.choice([1, 1, 3, 3, 3, 5, 7])
+        s = r if rng.random() < 0.85 else rng.choice([1, 3])
+        stride = (rng.choice([1, 2]), rng.choice([1, 2])) if rng.random() < 0.2 else (
+            (st := rng.choice([1, 1, 2])), st)
+        padding = (rng.randint(0, r // 2 + 1), rng.randint(0, s // 2 + 1))
+        c = rng.choice([3, rng.randint(1, 24), rng.randint(25, 160), 8 * rng.randint(1, 32)])
+        k = rng.choice([rng.randint(1, 24), rng.randint(25, 200), 8 * rng.randint(1, 32)])
+        n = rng.choice([0, 1, 1, 2, 3, rng.randint(4, 32), rng.randint(33, 300)])
+        h = rng.randint(max(1, r - 2 * padding[0]), 40)
+        w = rng.randint(max(1, s - 2 * padding[1]), 40)
+        if n * c * h * w > _MAX_INPUT_ELEMENTS:  # keep big batches small in space
+            h = max(r - 2 * padding[0], 1, min(h, int(math.sqrt(_MAX_INPUT_ELEMENTS / (n * c)))))
+            w = max(s - 2 * padding[1], 1, min(w, int(math.sqrt(_MAX_INPUT_ELEMENTS / (n * c)))))
+        if h + 2 * padding[0] < r or w + 2 * padding[1] < s:
+            continue
+        cases.append(Case(len(cases), n, c, k, h, w, r, s, stride, padding, rng.random() < 0.5,
+                          rng.random() < 0.7, rng.choice(dtypes), rng.random() < 0.6))
+    return cases
+
+
+def _poison_cuda_block(sizes: list[int], dtype: torch.dtype, device: torch.device) -> None:
+    # Fill a block of the output's size with NaN and free it: the caching allocator gives the
+    # same block to the next allocation of that size, i.e. to the kernel's output.
+    torch.full(sizes, float("nan"), dtype=dtype, device=device)
+
+
+def run_case(case: Case, backend: str, device: torch.device, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + case.index)
+    dtype = DTYPES[case.dtype]
+    x = torch.randn(case.n, case.c, case.h, case.w, generator=gen)
+    w = torch.randn(case.k, case.c, case.r, case.s, generator=gen) / math.sqrt(
+        case.c * case.r * case.s)
+    scale, shift = random_bn_params(case.k, gen)
+    ho = (case.h + 2 * case.padding[0] - case.r) // case.stride[0] + 1
+    wo = (case.w + 2 * case.padding[1] - case.s) // case.stride[1] + 1
+    res = torch.randn(case.n, case.k, ho, wo, generator=gen) if case.residual else None
+    # Round to the case's dtype once: the reference sees exactly the backend's inputs.
+    x, w = x.to(dtype), w.to(dtype)
+    res = res.to(dtype) if res is not None else None
+    ref_dt = reference_dtype(dtype)
+    ref = conv_bn_act_reference(x.to(ref_dt), w.to(ref_dt), scale, shift,
+                                None if res is None else res.to(ref_dt), case.stride,
+                                case.padding, case.relu)
+    fmt = torch.channels_last if case.channels_last else torch.contiguous_format
+    xd = x.to(device).contiguous(memory_format=fmt)
+    args = (xd, w.to(device), scale.to(device), shift.to(device),
+            None if res is None else res.to(device).contiguous(memory_format=fmt))
+    if device.type == "cuda":
+        _poison_cuda_block([case.n, case.k, ho, wo], dtype, device)
+    y = ops.conv_bn_act(*args, stride=case.stride, padding=case.padding, relu=case.relu,
+                        backend=backend)
+    err = relative_error(y.cpu(), ref) if y.numel() else 0.0
+    bound = tolerance(dtype, "op", device)
+    strides_ok = y.stride() == torch.empty(
+        y.shape, memory_format=torch.channels_last).stride() and y.dtype == dtype
+    ok = (err <= bound) and strides_ok and tuple(y.shape) == (case.n, case.k, ho, wo)
+    return {**asdict(case), "backend": backend, "error": err, "bound": bound, "ok": ok}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, required=True)
+    parser.add_argument("--cases", type=int, default=500, help="cases per backend (default 500)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=None,
+                        help="default: all three on CUDA, float32 and bfloat16 on CPU")
+    parser.add_argument("--device", default=None, help="default: cuda if visible, else cpu")
+    parser.add_argument("--json", default=None, help="write every case's result to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtypes = args.dtypes or (list(DTYPES) if device.type == "cuda" else ["float32", "bfloat16"])
+    cases = draw_cases(args.cases, args.seed, dtypes)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(it, **_):
+            return it
+    results = []
+    for backend in args.backends:
+        for case in tqdm(cases, desc=f"sweep {backend} on {device}", unit="case"):
+            try:
+                results.append(run_case(case, backend, device, args.seed))
+            except Exception as e:  # a crash is a failed case, reported with the case
+                results.append({**asdict(case), "backend": backend, "error": math.inf,
+                                "bound": 0.0, "ok": False, "exception": repr(e)})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print(f"{'backend':<8} {'dtype':<9} {'cases':>6} {'failed':>7} {'worst rel. error':>17}")
+    for backend in args.backends:
+        for dt in dtypes:
+            rows = [r for r in results if r["backend"] == backend and r["dtype"] == dt]
+            if rows:
+                worst = max(r["error"] for r in rows)
+                failed = sum(not r["ok"] for r in rows)
+                print(f"{backend:<8} {dt:<9} {len(rows):>6} {failed:>7} {worst:>17.3e}")
+    failed = [r for r in results if not r["ok"]]
+    for r in failed[:20]:
+        print("FAILED:", {k: r[k] for k in r if k not in ("ok",)})
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0

@@ -1,0 +1,51 @@
+"""The randomized sweep (``python -m resnet_fused sweep``): repeatable, covering, can fail."""
+
+import argparse
+import math
+
+import pytest
+import torch
+
+from resnet_fused import sweep
+
+
+def test_cases_are_repeatable_and_cover_the_space():
+    a = sweep.draw_cases(300, seed=7, dtypes=["float32", "bfloat16"])
+    assert a == sweep.draw_cases(300, seed=7, dtypes=["float32", "bfloat16"])
+    assert a != sweep.draw_cases(300, seed=8, dtypes=["float32", "bfloat16"])
+    assert {c.r for c in a} >= {1, 3, 7}
+    assert {c.stride for c in a} >= {(1, 1), (2, 2)}
+    assert any(c.c == 3 for c in a) and any(c.c % 8 for c in a) and any(c.k % 8 for c in a)
+    assert any(c.n == 0 for c in a) and max(c.n for c in a) > 32
+    assert any(c.h % 2 for c in a) and any(c.residual for c in a) and any(not c.relu for c in a)
+    assert any(c.channels_last for c in a) and any(not c.channels_last for c in a)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "aten"])
+def test_sweep_passes_on_cpu_backends(backend):
+    cases = sweep.draw_cases(40, seed=11, dtypes=["float32", "bfloat16"])
+    results = [sweep.run_case(c, backend, torch.device("cpu"), seed=11) for c in cases]
+    bad = [r for r in results if not r["ok"]]
+    assert not bad, bad[:3]
+
+
+def test_sweep_catches_a_wrong_backend(monkeypatch):
+    real = sweep.ops.conv_bn_act
+
+    def off_by_a_bit(*args, **kwargs):
+        y = real(*args, **kwargs)
+        return y + 1e-3 * y.abs().max() if y.numel() else y
+
+    monkeypatch.setattr(sweep.ops, "conv_bn_act", off_by_a_bit)
+    case = next(c for c in sweep.draw_cases(50, seed=3, dtypes=["float32"]) if c.n > 0)
+    result = sweep.run_case(case, "cpu", torch.device("cpu"), seed=3)
+    assert not result["ok"] and result["error"] > result["bound"]
+
+
+def test_cli_reports_failures_in_exit_code(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sweep.ops, "conv_bn_act", lambda *a, **k: torch.full((1,), math.nan))
+    args = argparse.Namespace(backends=["cpu"], cases=3, seed=0, dtypes=["float32"],
+                              device="cpu", json=str(tmp_path / "sweep.json"))
+    assert sweep.run(args) == 1
+    assert "0 passed, 3 failed" in capsys.readouterr().out
+    assert (tmp_path / "sweep.json").stat().st_size > 0
