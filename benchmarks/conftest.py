@@ -301,7 +301,20 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["bench_device"] = str(_device(config))
 
 
+def _remeasure_peaks(device: torch.device) -> None:
+    # A peak measured while other work held the cores is too low, and a floor built on it is
+    # beaten by real kernels. Measure again at the end and keep the best of each figure;
+    # report.py recomputes the floors from these final peaks.
+    for key, old in list(_PEAKS.items()):
+        new = bench.measure_peaks(device, getattr(torch, key.replace("torch.", "")))
+        _PEAKS[key] = bench.DevicePeaks(
+            old.device, old.dtype, max(old.bandwidth, new.bandwidth), max(old.flops, new.flops),
+            max(old.matmul_flops, new.matmul_flops), max(old.conv1x1_flops, new.conv1x1_flops))
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
+    if _PEAKS:
+        _remeasure_peaks(_device(config))
     output_json["resnet_fused"] = {
         "command": " ".join(["python", "-m", "pytest", *config.invocation_params.args]),
         "device_peaks": {k: vars(v) for k, v in _PEAKS.items()},

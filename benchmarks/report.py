@@ -62,8 +62,14 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
             stats = b.get("stats") or {}
             if "variant" not in extra or "median" not in stats:
                 continue
-            records.append({**extra, "median_s": stats["median"], "min_s": stats.get("min"),
-                            "name": b.get("name")})
+            rec = {**extra, "median_s": stats["median"], "min_s": stats.get("min"),
+                   "name": b.get("name")}
+            # Floors from the run's final (best) measured peaks, when it recorded them.
+            peak = info["_peaks"].get(f"torch.{extra.get('dtype')}")
+            if peak and extra.get("flops") and extra.get("bytes"):
+                rec["floor_s"] = max(extra["flops"] / peak["flops"],
+                                     extra["bytes"] / peak["bandwidth"])
+            records.append(rec)
     return records, machines
 
 
