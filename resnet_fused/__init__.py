@@ -8,7 +8,7 @@
 Ops: :mod:`resnet_fused.ops` (``conv_bn_act``, ``add_relu``); backends: :func:`available_backends`.
 """
 
-from . import ops
+from . import ops, testing
 from .backends import available_backends, backend_status
 from .folding import fold_batchnorm
 from .fused import FusedResNet, fuse
