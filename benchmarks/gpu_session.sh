@@ -17,6 +17,10 @@
 # a session over several calls, pick steps: STEPS="bench-compile report" benchmarks/gpu_session.sh
 # (a later call on the same warm machine reuses the build).
 #
+# Validation (not a default step, it needs its own call): STEPS="build sweep" runs the seeded
+# randomized conv_bn_act sweep, SWEEP_CASES (default 500) cases per backend (cuda, triton), with
+# poisoned outputs; its table and any failed cases go to session.log.
+#
 # Wheels: if a .whl/ folder exists (offline wheels, e.g. nvidia-cutlass), they are installed
 # first with `pip install --no-index --no-deps .whl/*.whl`.
 set -u
@@ -43,6 +47,7 @@ T_BENCH_LAYERS=${T_BENCH_LAYERS:-90}
 T_ROOFLINE=${T_ROOFLINE:-60}
 T_BENCH_COMPILE=${T_BENCH_COMPILE:-180}
 T_REPORT=${T_REPORT:-30}
+T_SWEEP=${T_SWEEP:-300}
 START=$(date +%s)
 SUMMARY=()
 PY=${PYTHON:-python}
@@ -155,6 +160,8 @@ else
   step build "$T_BUILD" build
 fi
 step tests "$T_TESTS" "$PY" -m pytest "${TEST_ARGS[@]}"
+step sweep "$T_SWEEP" "$PY" -m resnet_fused sweep --backends cuda triton \
+  --cases "${SWEEP_CASES:-500}" --seed "${SWEEP_SEED:-0}"
 step bench-model "$T_BENCH_MODEL" "$PY" -m pytest benchmarks/test_model_throughput.py -q \
   "${MODEL_ARGS[@]}" --benchmark-json "$OUT/bench-model.json"
 step bench-layers "$T_BENCH_LAYERS" "$PY" -m pytest benchmarks/test_layer_throughput.py -q \
