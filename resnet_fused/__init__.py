@@ -30,4 +30,5 @@ __all__ = [
     "resnet50",
     "resnet101",
     "resnet152",
+    "testing",
 ]
