@@ -14,7 +14,14 @@ import warnings
 
 import torch
 
-from . import _C  # noqa: F401  (loads the op schemas and their C++ implementations)
+try:
+    from . import _C  # noqa: F401  (loads the op schemas and their C++ implementations)
+except ImportError as e:  # a source checkout that was never built, or a build for another torch
+    raise ImportError(
+        f"resnet_fused's compiled ops (resnet_fused._C) could not be loaded: {e}. Build them "
+        "against the installed torch with `pip install --no-build-isolation -e .` (and rebuild "
+        "after upgrading torch)."
+    ) from e
 
 BACKENDS = ("cpu", "cuda", "triton", "aten")
 CHOICES = (*BACKENDS, "auto")
@@ -28,22 +35,14 @@ _CUDA_KERNELS_BUILT = torch._C._dispatch_has_kernel_for_dispatch_key(
 _TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
-def _cuda_kernels_built() -> bool:
-    return _CUDA_KERNELS_BUILT
-
-
 def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _triton_importable() -> bool:
-    return _TRITON_IMPORTABLE
 
 
 def backend_status() -> dict[str, str]:
     """Each backend mapped to ``"available"`` or the reason it is not, and how to get it."""
     status = {"cpu": "available", "aten": "available"}
-    if not _cuda_kernels_built():
+    if not _CUDA_KERNELS_BUILT:
         status["cuda"] = (
             "not built: this install of resnet_fused._C has no CUDA kernels; rebuild with a CUDA "
             "build of torch and nvcc on PATH: `pip install --no-build-isolation -e .`"
@@ -52,7 +51,7 @@ def backend_status() -> dict[str, str]:
         status["cuda"] = "built, but no CUDA device is visible"
     else:
         status["cuda"] = "available"
-    if not _triton_importable():
+    if not _TRITON_IMPORTABLE:
         status["triton"] = "triton is not installed: `pip install triton`"
     elif not (torch.cuda.is_available() or _triton_interpret()):
         status["triton"] = "no CUDA device (CPU runs only under TRITON_INTERPRET=1, for tests)"
@@ -91,7 +90,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type != "cuda":
             raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
     elif backend == "triton":
-        if not _triton_importable():
+        if not _TRITON_IMPORTABLE:
             raise RuntimeError(f"backend='triton' is unavailable: {why}")
         if device.type == "cpu" and not _triton_interpret():
             raise ValueError(
