@@ -137,6 +137,9 @@ class FusedResNet(nn.Module):
                              f"{x.shape[1]} (sizes {list(x.shape)})")
         if not x.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+        if x.device != self.stem.weight.device:
+            raise ValueError(f"input is on {x.device} but the model is on "
+                             f"{self.stem.weight.device}; move one of them (e.g. model.to(device))")
         return x.to(dtype=self.dtype, memory_format=torch.channels_last)
 
     def forward_features(self, x: Tensor) -> Tensor:
