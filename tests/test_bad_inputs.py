@@ -243,6 +243,9 @@ BAD_MODEL_INPUTS = {
     "int": (lambda g: torch.randint(0, 255, (1, 3, 32, 32), generator=g, dtype=torch.uint8),
             TypeError, r"floating-point"),
     "numpy": (lambda g: torch.randn(1, 3, 32, 32, generator=g).numpy(), TypeError, r"Tensor"),
+    # another device than the model's (meta stands in for a GPU on a CPU-only machine)
+    "other-device": (lambda g: torch.randn(1, 3, 32, 32, generator=g).to("meta"), ValueError,
+                     r"input is on meta but the model is on cpu"),
 }
 
 
