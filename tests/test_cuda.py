@@ -94,6 +94,11 @@ CASES = [
     (8, 64, 56, 56, 256, 1, 1, (1, 1), (0, 0), True, True, "cl"),  # big: the 128x128 tile
     (8, 64, 56, 56, 64, 3, 3, (1, 1), (1, 1), False, True, "cl"),  # K = 64: the 128x64 tile
     (2, 512, 7, 7, 512, 3, 3, (1, 1), (1, 1), True, True, "cl"),  # late stage: the 64x64 tile
+    # The big tiles with partial row and column tiles (the cases above fill them exactly):
+    (6, 64, 47, 45, 200, 3, 3, (1, 1), (1, 1), True, True, "cl"),  # 128x128, M and C_out tails
+    (10, 32, 47, 45, 99, 1, 1, (1, 1), (0, 0), True, True, "cl"),  # 128x128, odd C_out
+    (10, 32, 47, 45, 40, 1, 1, (1, 1), (0, 0), True, False, "cl"),  # 128x64, M and C_out tails
+    (4, 3, 224, 224, 64, 7, 7, (2, 2), (3, 3), False, True, "contig"),  # real stem: 128x64 tile
 ]
 
 
@@ -171,6 +176,18 @@ def test_conv_fp32_without_tf32_is_ieee_accurate(case, generator):
     args = make_case(case, torch.float32, generator)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         run_and_check(args, torch.float32, bound=TOLERANCES[(torch.float32, "op")])
+
+
+def test_fp32_with_tf32_takes_the_tensor_core_path(generator):
+    """With PyTorch's cuDNN TF32 flag on, fp32 runs the TF32 mma kernel, whose error is TF32-sized:
+    far above fp32 rounding. An fp32-exact result means the tensor-core path was not selected
+    (a wrong arch/alignment check or a misread TF32 flag), which every other check would miss."""
+    args = make_case(CASES[15], torch.float32, generator)  # 3x3, C_in = 64: a 576-deep sum
+    ref = reference(*args)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+        y = run_and_check(args, torch.float32)
+    err = relative_error(y, ref)
+    assert err > 1e-5, f"relative error {err:.3g}: fp32-exact, so TF32 tensor cores did not run"
 
 
 @pytest.mark.parametrize("path", ["direct", "simt"])
