@@ -132,6 +132,11 @@ def _extent(t: Tensor) -> int:
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
 
 
+def _channels_innermost(t: Tensor) -> Tensor:
+    """``t`` itself if its channel dim (dim 1) has unit stride, else a channels_last copy."""
+    return t if t.stride(1) == 1 else t.contiguous(memory_format=torch.channels_last)
+
+
 def _rows_collapse(t: Tensor) -> bool:
     """(n, h, w) of a 4-D (N, C, H, W) tensor fold into one row index with row stride stride(3)."""
     n, _, h, w = t.shape
@@ -303,6 +308,13 @@ def triton_conv_bn_act(
     # The kernel reads scale/shift with unit stride (a no-op for fuse()'s buffers).
     scale = scale.contiguous()
     shift = shift.contiguous()
+    # Channels must be innermost (unit stride): with a strided channel dim the tile loads cannot
+    # be vectorized and the kernel spills registers (.ci/compile_triton.py shows it), so such
+    # layouts are copied once to channels_last, as the CUDA backend does. fuse()'s activations and
+    # weights are channels_last already: no copy on that path.
+    input, weight = _channels_innermost(input), _channels_innermost(weight)
+    if residual is not None:
+        residual = _channels_innermost(residual)
     cfg = _choose_config(input, weight, scale, shift, residual, stride, padding, relu, out)
     conv_bn_act_launch(input, weight, scale, shift, residual, stride, padding, relu, out, cfg)
     return out
