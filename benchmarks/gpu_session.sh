@@ -17,6 +17,12 @@
 # a session over several calls, pick steps: STEPS="bench-compile report" benchmarks/gpu_session.sh
 # (a later call on the same warm machine reuses the build).
 #
+# A device call may run 10 minutes and a machine is given back 30 s after a call, so plan one call
+# per purpose, each starting with the (cached when warm) build:
+#   validation:  STEPS="info build tests sweep" BUDGET_S=570 benchmarks/gpu_session.sh
+#   performance: STEPS="info build bench-model bench-layers roofline report" benchmarks/gpu_session.sh
+#   baseline:    STEPS="build bench-compile report" benchmarks/gpu_session.sh
+#
 # Validation (not a default step, it needs its own call): STEPS="build sweep" runs the seeded
 # randomized conv_bn_act sweep, SWEEP_CASES (default 500) cases per backend (cuda, triton), with
 # poisoned outputs; its table and any failed cases go to session.log.
@@ -41,7 +47,7 @@ BUDGET_S=${BUDGET_S:-480}
 STEPS=${STEPS:-"info build tests bench-model bench-layers roofline bench-compile report"}
 T_INFO=${T_INFO:-30}
 T_BUILD=${T_BUILD:-240}
-T_TESTS=${T_TESTS:-120}
+T_TESTS=${T_TESTS:-240}
 T_BENCH_MODEL=${T_BENCH_MODEL:-90}
 T_BENCH_LAYERS=${T_BENCH_LAYERS:-90}
 T_ROOFLINE=${T_ROOFLINE:-60}
