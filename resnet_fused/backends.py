@@ -66,32 +66,36 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend for a tensor on ``device``; raises if ``backend`` cannot run there."""
+    """The concrete backend for a tensor on ``device``; raises if ``backend`` cannot run there.
+
+    This runs on every op call, so it decides from the import-time install facts and the device;
+    the status table (device queries, strings) is built only for errors and warnings.
+    """
     if backend not in CHOICES:
         raise ValueError(f"backend must be one of {CHOICES}, got {backend!r}")
     if backend == "auto":
         if device.type == "cpu":
             return "cpu"
-        if device.type == "cuda":
-            for name in ("cuda", "triton"):
-                if backend_status()[name] == "available":
-                    return name
+        # A tensor on a CUDA device means a GPU is visible: only the install facts decide.
+        if device.type == "cuda" and _CUDA_KERNELS_BUILT:
+            return "cuda"
+        if device.type == "cuda" and _TRITON_IMPORTABLE:
+            return "triton"
         _warn_fallback(device.type)
         return "aten"
     if backend == "aten":
         return backend
-    why = backend_status()[backend]
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
-    elif backend == "cuda":
+    elif backend == "cuda" and not (_CUDA_KERNELS_BUILT and device.type == "cuda"):
+        why = backend_status()["cuda"]
         if why != "available":
             raise RuntimeError(f"backend='cuda' is unavailable: {why}")
-        if device.type != "cuda":
-            raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+        raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
     elif backend == "triton":
         if not _TRITON_IMPORTABLE:
-            raise RuntimeError(f"backend='triton' is unavailable: {why}")
+            raise RuntimeError(f"backend='triton' is unavailable: {backend_status()['triton']}")
         if device.type == "cpu" and not _triton_interpret():
             raise ValueError(
                 "backend='triton' needs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backends import CHOICES, backend_status
+from .progress import progress
 from .testing import randomize_batchnorm_, reference_dtype, relative_error, tolerance
 
 __all__ = [
@@ -765,17 +766,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _progress(items: Sequence, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        print("(tqdm is not installed: no progress bar; `pip install tqdm` for one)",
-              file=sys.stderr)
-        return items
-    # disable=None: no bar when stderr is not a terminal (a log file would fill with redraws).
-    return tqdm(items, desc=desc, leave=False, file=sys.stderr, disable=None)
-
-
 def _dt(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -836,7 +826,7 @@ def measure_model(model: nn.Module, x: Tensor, variants: Sequence[str], warmup: 
     if ref is None:
         ref = reference_output(model, x)
     results, ready = [], []
-    for name in _progress(list(variants), "build + check"):
+    for name in progress(list(variants), "build + check"):
         row = {"variant": name, "batch": x.shape[0], "dtype": str(x.dtype).replace("torch.", "")}
         results.append(row)
         try:
@@ -856,7 +846,7 @@ def measure_model(model: nn.Module, x: Tensor, variants: Sequence[str], warmup: 
         for _row, variant in ready:
             time_fn(variant.fn, x.device, warmup=0, reps=max(1, warmup))
         times: list[list[float]] = [[] for _ in ready]
-        for _ in _progress(range(reps), "timed rounds"):
+        for _ in progress(range(reps), "timed rounds"):
             for i, (_row, variant) in enumerate(ready):
                 times[i] += time_fn(variant.fn, x.device, warmup=0, reps=1).times
         for (row, _variant), t in zip(ready, times, strict=True):
@@ -948,7 +938,7 @@ def _roofline_report(model_name: str, batch: int, dtype: torch.dtype, device: to
     layers = [layer.with_batch(batch) for layer in conv_layers(model_name, 1, size)]
     esize = torch.empty((), dtype=dtype).element_size()
     achieved, errors = {}, {}
-    for layer in _progress(layers, f"layers (fused-{backend})"):
+    for layer in progress(layers, f"layers (fused-{backend})"):
         inputs = make_layer_inputs(layer, dtype, device)
         fn, what = layer_variant(f"fused-{backend}", layer, inputs)
         y = fn()

@@ -7,31 +7,34 @@ compared with a higher-precision reference under DESIGN.md's bounds.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from . import models, ops
+from . import models
 from .backends import available_backends
 from .fused import fuse
-from .reference import conv_bn_act_reference
-from .testing import (
-    random_bn_params,
-    randomize_batchnorm_,
-    reference_dtype,
-    relative_error,
-    tolerance,
-)
+from .progress import progress
+from .sweep import Case, run_case
+from .testing import randomize_batchnorm_, reference_dtype, relative_error, tolerance
 
-# (name, C_in, C_out, kernel, stride, padding, H, W, residual): the ResNet conv families, small.
-OP_CASES = [
-    ("stem 7x7/s2, C_in=3", 3, 16, 7, 2, 3, 33, 31, False),
-    ("3x3/s1", 24, 20, 3, 1, 1, 15, 13, False),
-    ("3x3/s2, odd H/W", 20, 36, 3, 2, 1, 17, 15, False),
-    ("1x1/s1 + residual", 36, 40, 1, 1, 0, 9, 11, True),
-    ("1x1/s2 downsample", 40, 24, 1, 2, 0, 13, 9, False),
-]
+
+def _case(index: int, c: int, k: int, r: int, stride: int, pad: int, h: int, w: int,
+          residual: bool) -> Case:
+    return Case(index, n=2, c=c, k=k, h=h, w=w, r=r, s=r, stride=(stride, stride),
+                padding=(pad, pad), residual=residual, relu=True, dtype="float32",
+                channels_last=True)
+
+
+# The ResNet conv families, small; run through the sweep's case runner in each dtype.
+OP_CASES = {
+    "stem 7x7/s2, C_in=3": _case(0, 3, 16, 7, 2, 3, 33, 31, False),
+    "3x3/s1": _case(1, 24, 20, 3, 1, 1, 15, 13, False),
+    "3x3/s2, odd H/W": _case(2, 20, 36, 3, 2, 1, 17, 15, False),
+    "1x1/s1 + residual": _case(3, 36, 40, 1, 1, 0, 9, 11, True),
+    "1x1/s2 downsample": _case(4, 40, 24, 1, 2, 0, 13, 9, False),
+}
 
 
 @dataclass
@@ -45,29 +48,6 @@ class Row:
     @property
     def ok(self) -> bool:
         return self.error <= self.bound  # NaN/inf errors never pass
-
-
-def _op_error(backend: str, dtype: torch.dtype, device: torch.device, case, gen) -> float:
-    _, c, k, r, stride, pad, h, w, with_res = case
-    n = 2
-    x = torch.randn(n, c, h, w, generator=gen)
-    wt = torch.randn(k, c, r, r, generator=gen) / math.sqrt(c * r * r)
-    scale, shift = random_bn_params(k, gen)
-    ho, wo = (h + 2 * pad - r) // stride + 1, (w + 2 * pad - r) // stride + 1
-    res = torch.randn(n, k, ho, wo, generator=gen) if with_res else None
-    ref_dt = reference_dtype(dtype)
-
-    def cast(t, dt, dev):
-        return None if t is None else t.to(device=dev, dtype=dt)
-
-    # The reference sees the same low-precision-rounded inputs as the backend.
-    x_lp, w_lp, res_lp = (cast(t, dtype, "cpu") for t in (x, wt, res))
-    ref = conv_bn_act_reference(cast(x_lp, ref_dt, "cpu"), cast(w_lp, ref_dt, "cpu"), scale,
-                                shift, cast(res_lp, ref_dt, "cpu"), [stride] * 2, [pad] * 2, True)
-    y = ops.conv_bn_act(cast(x_lp, dtype, device), cast(w_lp, dtype, device), scale.to(device),
-                        shift.to(device), cast(res_lp, dtype, device), stride, pad, True,
-                        backend=backend)
-    return relative_error(y.cpu(), ref)
 
 
 def _model_error(backend: str, dtype: torch.dtype, device: torch.device, model_name: str,
@@ -93,23 +73,18 @@ def run_check(device: torch.device, backends: list[str] | None, dtypes: list[tor
     if dtypes is None:
         dtypes = ([torch.float32, torch.bfloat16] if device.type == "cpu" else
                   [torch.float32, torch.float16, torch.bfloat16])
-    jobs = [(b, d, case) for b in backends for d in dtypes for case in [*OP_CASES, None]]
-    try:
-        from tqdm import tqdm
-
-        progress = tqdm(jobs, desc=f"check on {device}", unit="case", leave=False)
-    except ImportError:  # tqdm is a dependency, but never fail a check over a progress bar
-        progress = jobs
+    jobs = [(b, d, name) for b in backends for d in dtypes for name in [*OP_CASES, None]]
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    for backend, dtype, case in progress:
-        if case is None:
+    for backend, dtype, name in progress(jobs, f"check on {device}", unit="case"):
+        if name is None:
             what = f"{model_name} {batch}x3x{size}x{size}"
             err = _model_error(backend, dtype, device, model_name, batch, size, gen)
             bound = tolerance(dtype, "model", device)
         else:
-            what = case[0]
-            err = _op_error(backend, dtype, device, case, gen)
+            what = name
+            case = dataclasses.replace(OP_CASES[name], dtype=str(dtype).replace("torch.", ""))
+            err = run_case(case, backend, device, seed)["error"]
             bound = tolerance(dtype, "op", device)
         rows.append(Row(backend, dtype, what, err, bound))
 

@@ -19,6 +19,7 @@ import torch
 
 from . import ops
 from .backends import BACKENDS
+from .progress import progress
 from .reference import conv_bn_act_reference
 from .testing import random_bn_params, reference_dtype, relative_error, tolerance
 
@@ -124,14 +125,9 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtypes = args.dtypes or (list(DTYPES) if device.type == "cuda" else ["float32", "bfloat16"])
     cases = draw_cases(args.cases, args.seed, dtypes)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(it, **_):
-            return it
     results = []
     for backend in args.backends:
-        for case in tqdm(cases, desc=f"sweep {backend} on {device}", unit="case"):
+        for case in progress(cases, f"sweep {backend} on {device}", unit="case"):
             try:
                 results.append(run_case(case, backend, device, args.seed))
             except Exception as e:  # a crash is a failed case, reported with the case
