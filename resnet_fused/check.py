@@ -7,6 +7,7 @@ compared with a higher-precision reference under DESIGN.md's bounds.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 
@@ -99,3 +100,33 @@ def run_check(device: torch.device, backends: list[str] | None, dtypes: list[tor
     failed = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .backends import BACKENDS
+
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None,
+                        help="backends to check (default: every available one)")
+    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=None,
+                        help="dtypes (default: float32 and bfloat16 on CPU, all three on GPU)")
+    parser.add_argument("--model", choices=MODELS, default="resnet50")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64, help="input height and width")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: no CUDA device is visible")
+    dtypes = [DTYPES[d] for d in args.dtypes] if args.dtypes else None
+    return run_check(device, args.backends, dtypes, model_name=args.model, batch=args.batch,
+                     size=args.size, seed=args.seed)

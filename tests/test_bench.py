@@ -65,7 +65,7 @@ def test_measure_model_flags_a_mismatching_variant(monkeypatch):
             return bench.Variant(name, lambda: good() * 1.001)  # 1e-3 > the 1e-4 model bound
         return real_build(name, model, x)
 
-    monkeypatch.setattr(bench, "build_variant", build)
+    monkeypatch.setattr(bench.cli, "build_variant", build)
     rows = bench.measure_model(model, x, ["reference", "fused-cpu"], warmup=0, reps=1, ref=ref)
     by_name = {r["variant"]: r for r in rows}
     assert by_name["reference"]["status"] == "ok"
@@ -84,7 +84,7 @@ def test_run_returns_nonzero_on_mismatch(monkeypatch, capsys):
             return bench.Variant(name, lambda: torch.full_like(variant.fn(), math.nan))
         return variant
 
-    monkeypatch.setattr(bench, "build_variant", build)
+    monkeypatch.setattr(bench.cli, "build_variant", build)
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--model", "resnet18", "--batch", "1", "--size", "32",
@@ -97,7 +97,7 @@ def test_run_returns_nonzero_on_mismatch(monkeypatch, capsys):
 
 def test_run_cli_with_roofline(monkeypatch, capsys, tmp_path):
     # Fixed peaks: measuring the real ones costs seconds and is not what is tested here.
-    monkeypatch.setattr(bench, "measure_peaks",
+    monkeypatch.setattr(bench.cli, "measure_peaks",
                         lambda device, dtype: bench.DevicePeaks("cpu", "float32", 1e10, 1e11))
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# CI job 2: the GPU machine's exact stack, built and tested on a CPU machine.
+#
+# The GPU machine runs torch 2.11.0+cu130 with triton 3.6.0 and nvcc 13.0. This job
+#   1. makes a venv with that torch (pip resolves triton 3.6.0 with it; ~4.7 GB, cached in the
+#      venv between local runs),
+#   2. copies the working tree (tracked + untracked-but-not-ignored files, exactly what the device
+#      tool ships) to a scratch folder, so the CPU job's `_C` in the repository is never touched,
+#   3. builds the FULL extension there (C++ CPU ops + CUDA kernels, sm_80 and sm_90a) with nvcc,
+#   4. checks the build: `_C` is an abi3 module, imports, and says "built, but no CUDA device";
+#      the SASS has tensor-core MMAs (HMMA) and no local-memory spills,
+#   5. runs the whole test suite (CPU and Triton-interpreter tiers) against it,
+#   6. keeps the built `_C.abi3.so` in $PREBUILT_DIR: benchmarks/gpu_session.sh ships exactly
+#      this file to the GPU machine (the device tool's `carry`), so the GPU runs what CI built.
+#
+# Usage: .ci/cu130.sh            (env: CU130_VENV, PREBUILT_DIR, MAX_JOBS, KEEP_SCRATCH=1)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV=${CU130_VENV:-$ROOT/build/venv-cu130}
+PREBUILT_DIR=${PREBUILT_DIR:-$ROOT/build/prebuilt-cu130}
+ARCHS="8.0;9.0a"
+# torch derives CUDA_HOME from the nvcc on PATH; here that is a wrapper in /usr/local/bin.
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+T0=$SECONDS
+phase() { echo "-- [cu130 $((SECONDS - T0))s] $*"; }
+
+phase "venv $VENV (torch==2.11.0, its triton)"
+if [[ ! -x $VENV/bin/python ]]; then
+  python3 -m venv "$VENV"
+fi
+PY=$VENV/bin/python
+"$PY" -m pip install -q --disable-pip-version-check torch==2.11.0 setuptools wheel ninja \
+  numpy tqdm pytest pytest-benchmark safetensors
+"$PY" - <<'EOF'
+import torch, triton
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}")
+assert torch.__version__.startswith("2.11.0") and torch.version.cuda, "not the GPU machine's torch"
+EOF
+
+GIT_SHA=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+SCRATCH=$(mktemp -d /tmp/resnet_fused-cu130.XXXXXX)
+if [[ ${KEEP_SCRATCH:-0} == 0 ]]; then trap 'rm -rf "$SCRATCH"' EXIT; fi
+phase "copy of the working tree -> $SCRATCH"
+git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$SCRATCH"
+cd "$SCRATCH"
+
+phase "build: TORCH_CUDA_ARCH_LIST=$ARCHS, nvcc $(nvcc --version | tail -n 1)"
+build_log=$SCRATCH/build.log
+if ! /usr/bin/time -v env MAX_JOBS=${MAX_JOBS:-2} TORCH_CUDA_ARCH_LIST="$ARCHS" \
+    "$PY" -m pip install --no-build-isolation --no-deps -e . > "$build_log" 2>&1; then
+  tail -n 200 "$build_log"
+  exit 1
+fi
+grep -E "Maximum resident set size|Elapsed \(wall" "$build_log" | sed 's/^\s*/   build: /'
+SO=$(ls resnet_fused/_C*.so)
+echo "   built $SO ($(du -h "$SO" | cut -f1))"
+[[ $SO == resnet_fused/_C.abi3.so ]] || { echo "FAIL: $SO is not an abi3 module"; exit 1; }
+
+phase "import and backend status"
+"$PY" - <<'EOF'
+import resnet_fused
+status = resnet_fused.backend_status()
+print("   backend_status:", status)
+assert status["cuda"] == "built, but no CUDA device is visible", status["cuda"]
+EOF
+
+phase "SASS check (tensor-core MMAs, no local memory)"
+"$PY" "$ROOT/.ci/check_sass.py" "$SO"
+
+phase "whole test suite (CPU + Triton interpreter tiers) on torch 2.11 / triton 3.6"
+"$PY" -m pytest -q -p no:cacheprovider
+
+mkdir -p "$PREBUILT_DIR"
+cp "$SO" "$PREBUILT_DIR/_C.abi3.so"
+"$PY" - "$PREBUILT_DIR" "$ARCHS" "$GIT_SHA" <<'EOF'
+import datetime, json, sys, torch, triton
+meta = {"built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "archs": sys.argv[2], "python": sys.version.split()[0], "git": sys.argv[3]}
+json.dump(meta, open(f"{sys.argv[1]}/BUILD.json", "w"), indent=1)
+print("   prebuilt:", meta)
+EOF
+phase "done: $PREBUILT_DIR/_C.abi3.so"

@@ -1,0 +1,44 @@
+"""``python -m resnet_fused info``: versions, the device, and which backends this install has."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+from .backends import backend_status
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def run(args: argparse.Namespace | None = None) -> int:
+    from . import __version__
+
+    rows = [
+        ("resnet_fused", __version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("triton", _triton_version()),
+        ("torch CUDA", torch.version.cuda or "none (CPU build)"),
+        ("cuDNN", str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "n/a"),
+        ("device", torch.cuda.get_device_name() if torch.cuda.is_available() else
+         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print("\nbackends:")
+    for name, why in backend_status().items():
+        print(f"  {name:<7} {why}")
+    return 0
