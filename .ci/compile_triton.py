@@ -121,7 +121,8 @@ DTYPES = (("fp32/tf32", "float32", True), ("fp32/ieee", "float32", False),
 
 
 def _record(module, call):
-    """Runs ``call()`` with ``module.wrap_triton`` recording launches; returns [(fn, args, kw)]."""
+    """Runs ``call()`` with ``module.wrap_triton`` (resnet_fused.triton.launch's) recording
+    launches; returns [(fn, args, kw)]."""
     launches = []
 
     class Recorder:
@@ -165,6 +166,7 @@ def _conv_launch(shape: ConvShape, dtype, allow_tf32: bool, cfg):
 
     from resnet_fused.checks import conv_output_size
     from resnet_fused.triton import conv_bn_act as mod
+    from resnet_fused.triton import launch as launch_mod
 
     fmt = torch.channels_last if shape.channels_last else torch.contiguous_format
     x = torch.empty(shape.n, shape.c, shape.h, shape.w, dtype=dtype, memory_format=fmt)
@@ -178,7 +180,7 @@ def _conv_launch(shape: ConvShape, dtype, allow_tf32: bool, cfg):
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     try:
-        (launch,) = _record(mod, lambda: mod.conv_bn_act_launch(
+        (launch,) = _record(launch_mod, lambda: mod.conv_bn_act_launch(
             x, w, scale, shift, res, stride, padding, shape.relu, out, cfg,
             force_int64=shape.force_int64))
     finally:
@@ -239,6 +241,7 @@ def _add_relu_jobs(arches) -> list[Job]:
 
     from resnet_fused.triton import add_relu as mod
     from resnet_fused.triton import configs
+    from resnet_fused.triton import launch as launch_mod
 
     jobs = []
     saved = configs.ADD_RELU_CONFIG
@@ -249,7 +252,7 @@ def _add_relu_jobs(arches) -> list[Job]:
             for label, dtype_name, _ in DTYPES[1:]:
                 x = torch.empty(8, 256, 56, 56, dtype=getattr(torch, dtype_name),
                                 memory_format=torch.channels_last)
-                (launch,) = _record(mod, lambda x=x: mod.triton_add_relu(x, x))
+                (launch,) = _record(launch_mod, lambda x=x: mod.triton_add_relu(x, x))
                 fn, args, kw = launch
                 if kw["BLOCK"] != cfg.BLOCK or kw["num_warps"] != cfg.num_warps:
                     raise SystemExit(f"add_relu launcher did not use {cfg_name}: {kw}")

@@ -7,7 +7,9 @@ BatchNorm, mean 0 and var 1, hides folding bugs). NaN never passes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -81,3 +83,15 @@ def random_bn_params(
     from .folding import fold_batchnorm
 
     return fold_batchnorm(bn)
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """fp32 convolutions and matmuls in IEEE fp32 (no TF32 tensor cores): references must be."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backends import CHOICES, backend_status
-from ..testing import randomize_batchnorm_, reference_dtype
+from ..testing import no_tf32, randomize_batchnorm_, reference_dtype
 from .variants import Unavailable
-from .workload import _no_tf32, make_model
+from .workload import make_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +191,7 @@ def layer_reference(layer: ConvLayer, inputs: dict, what: str) -> Tensor:
     x, w = inputs["input"], inputs["weight"]
     ref_dtype = reference_dtype(x.dtype)
     stride, pad = (layer.stride,) * 2, (layer.padding,) * 2
-    with _no_tf32():
+    with no_tf32():
         if what == "conv":
             return F.conv2d(x.to(ref_dtype), w.to(ref_dtype), None, stride, pad)
         res = inputs["residual"]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from ..testing import randomize_batchnorm_, reference_dtype, relative_error, tolerance
+from ..testing import (
+    no_tf32,
+    randomize_batchnorm_,
+    reference_dtype,
+    relative_error,
+    tolerance,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -40,18 +44,6 @@ def make_input(batch: int, dtype: torch.dtype, device: torch.device | str, size:
     return x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
 
 
-@contextlib.contextmanager
-def _no_tf32() -> Iterator[None]:
-    # The fp32 reference must not use TF32 tensor cores (10-bit mantissa): it is the yardstick.
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-
-
 @torch.no_grad()
 def reference_output(model: nn.Module, x: Tensor) -> Tensor:
     """The model's output in the reference precision for ``x.dtype`` (fp64 for fp32, else fp32).
@@ -61,7 +53,7 @@ def reference_output(model: nn.Module, x: Tensor) -> Tensor:
     """
     ref_dtype = reference_dtype(x.dtype)
     ref_model = copy.deepcopy(model).to(ref_dtype)
-    with _no_tf32():
+    with no_tf32():
         return ref_model(x.to(ref_dtype)).float()
 
 

@@ -11,11 +11,11 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..checks import check_add_relu_args
 from . import configs
-from .conv_bn_act import _interpreter_fake_launch
+from .launch import interpreter_fake_launch, launcher
 
 __all__ = ["triton_add_relu"]
 
@@ -54,7 +54,7 @@ def triton_add_relu(x: Tensor, residual: Tensor) -> Tensor:
     numel = out.numel()
     if numel == 0:
         return out
-    if _interpreter_fake_launch(x, "triton_add_relu"):
+    if interpreter_fake_launch(x, "triton_add_relu"):
         return out  # see triton_conv_bn_act: an interpreted kernel cannot run on fake tensors
     # empty_like keeps x's strides when x is dense; otherwise out is dense in x's suggested
     # format and x itself is copied. Same strides + out dense => flat memory order matches.
@@ -63,7 +63,7 @@ def triton_add_relu(x: Tensor, residual: Tensor) -> Tensor:
     cfg = configs.INTERPRETER_ADD_RELU_CONFIG if configs.interpreting() else configs.ADD_RELU_CONFIG
     int64 = bool(numel > 2**31 - 1 - cfg.BLOCK)  # a constexpr: a plain bool, never a SymBool
     grid = (triton.cdiv(numel, cfg.BLOCK),)
-    wrap_triton(_add_relu_kernel)[grid](
+    launcher(_add_relu_kernel)[grid](
         x, residual, out, numel, INT64=int64, BLOCK=cfg.BLOCK, num_warps=cfg.num_warps
     )
     return out

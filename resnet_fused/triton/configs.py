@@ -11,12 +11,13 @@ so its tile sizes are those of a GEMM. Different ResNet conv families want diffe
   132 SMs idle; smaller tiles trade per-tile efficiency for occupancy.
 
 Each family has a short candidate list per dtype class (fp32 tiles take twice the shared memory
-per element, so their BLOCK_K is halved). The first candidate is the default: it is what runs
-while tracing (fake tensors), during CUDA graph capture, and when autotuning is switched off with
-``RESNET_FUSED_TRITON_AUTOTUNE=0``. Otherwise the first real call of a shape benchmarks the
-candidates once (this synchronizes, once per shape) and the winner is cached for the process.
-Under ``TRITON_INTERPRET=1`` nothing is benchmarked: :func:`interpreter_conv_config` fits one
-config to the shape.
+per element, so their BLOCK_K is halved). The first candidate is the default: with
+``RESNET_FUSED_TRITON_AUTOTUNE=0`` it is the only one (still verified on the shape's first call).
+Otherwise the first call of a shape (eager or traced) verifies every candidate against the
+reference and times the survivors once (this synchronizes, once per shape;
+``resnet_fused.tuning``), and the winner is cached, in the process and on disk. Under
+``TRITON_INTERPRET=1`` nothing is timed: :func:`interpreter_conv_config` fits one config to the
+shape (and it is verified too).
 """
 
 from __future__ import annotations
@@ -149,19 +150,3 @@ def all_conv_configs(dtype: torch.dtype | None = None) -> list[ConvConfig]:
             for cfg in cands:
                 seen.setdefault(cfg, None)
     return list(seen)
-
-
-# Chosen configs for this process, keyed on (shape, strides class, dtype, flags).
-_CHOSEN: dict[tuple, ConvConfig] = {}
-
-
-def cached(key: tuple) -> ConvConfig | None:
-    return _CHOSEN.get(key)
-
-
-def remember(key: tuple, cfg: ConvConfig) -> None:
-    _CHOSEN[key] = cfg
-
-
-def clear_cache() -> None:
-    _CHOSEN.clear()

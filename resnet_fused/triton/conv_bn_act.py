@@ -18,15 +18,25 @@ interpreter the dot is always IEEE (exact tests). The flag is read when the op r
 ``torch.compile``, when it is traced).
 """
 
+import contextlib
+import functools
+import hashlib
+import inspect
+import warnings
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
+from .. import tuning
 from ..checks import check_conv_bn_act_args
+from ..reference import conv_bn_act_reference
+from ..testing import no_tf32, random_bn_params, tolerance
 from . import configs
 from .configs import ConvConfig
+from .launch import interpreter_fake_launch, is_tracing, launcher
 
 __all__ = ["conv_bn_act_launch", "triton_conv_bn_act"]
 
@@ -144,34 +154,6 @@ def _rows_collapse(t: Tensor) -> bool:
     return (h == 1 or sh == w * sw) and (n == 1 or sn == h * w * sw)
 
 
-def _is_tracing(t: Tensor) -> bool:
-    # Fake/functional tensors (torch.compile, opcheck's fake-tensor test) or any active dispatch
-    # mode: never benchmark there, and under the interpreter never launch (no real data).
-    from torch._subclasses.fake_tensor import is_fake
-
-    return is_fake(t) or torch._C._len_torch_dispatch_stack() > 0
-
-
-def _interpreter_fake_launch(t: Tensor, op: str) -> bool:
-    """Under TRITON_INTERPRET=1 with fake tensors: True means "return the metadata-only output".
-
-    Raises under functionalization (AOTAutograd, i.e. torch.compile with any backend other than
-    "eager"): triton_op would put the kernel into the graph through wrap_triton, which cannot
-    wrap an interpreted kernel, so the compiled graph would silently skip the kernel.
-    """
-    if not (configs.interpreting() and _is_tracing(t)):
-        return False
-    from torch._subclasses.functional_tensor import FunctionalTensor
-
-    if isinstance(t, FunctionalTensor):
-        raise RuntimeError(
-            f"resnet_fused::{op}: under TRITON_INTERPRET=1 the Triton kernels can run eagerly or "
-            "under torch.compile(backend='eager') only; compiling them into a graph needs the "
-            "real Triton compiler on a CUDA device"
-        )
-    return True
-
-
 def _precision(dtype: torch.dtype) -> str:
     if dtype != torch.float32:
         return "tf32"  # ignored for 16-bit operands; it is tl.dot's default
@@ -214,7 +196,7 @@ def conv_bn_act_launch(
     res_flat = bool(has_res and _rows_collapse(res))
     int64 = bool(force_int64 or max(_extent(t) for t in (input, weight, res, out)) > _INT32_LIMIT)
     grid = (triton.cdiv(m, config.BLOCK_M) * triton.cdiv(k, config.BLOCK_N),)
-    wrap_triton(_conv_bn_act_kernel)[grid](
+    launcher(_conv_bn_act_kernel)[grid](
         input, weight, scale, shift, res, out,
         m, c, h, w, k, ho, wo,
         *input.stride(), *weight.stride(), *res.stride(),
@@ -227,57 +209,125 @@ def conv_bn_act_launch(
 
 
 def _config_key(input, weight, residual, stride, padding, relu) -> tuple | None:
-    """The cache key, or None when a size is symbolic (SymInts are unhashable; no caching)."""
+    """The tuning key, or None when a size is symbolic (dynamic torch.compile: nothing to run)."""
     dims = (*input.shape, *weight.shape, *stride, *padding)
     if not all(type(d) is int for d in dims):
         return None
     return (
-        tuple(input.shape), tuple(weight.shape), input.dtype, _precision(input.dtype),
+        tuple(input.shape), tuple(weight.shape), str(input.dtype), _precision(input.dtype),
         tuple(stride), tuple(padding), residual is not None, relu,
         input.is_contiguous(memory_format=torch.channels_last),
         weight.is_contiguous(memory_format=torch.channels_last),
     )
 
 
-def _choose_config(input, weight, scale, shift, residual, stride, padding, relu, out) -> ConvConfig:
-    """The cached config for this shape, else the default, else (real CUDA call) a benchmark."""
-    m = input.shape[0] * out.shape[2] * out.shape[3]
+def _candidates(input, weight, out_sizes) -> tuple[ConvConfig, ...]:
+    m = input.shape[0] * out_sizes[2] * out_sizes[3]
     if configs.interpreting():
-        return configs.interpreter_conv_config(m, weight.shape[1], weight.shape[0])
-    key = _config_key(input, weight, residual, stride, padding, relu)
-    chosen = configs.cached(key) if key is not None else None
-    if chosen is not None:
-        return chosen  # also under torch.compile: the kernel traced is the tuned one
+        return (configs.interpreter_conv_config(m, weight.shape[1], weight.shape[0]),)
     family = configs.conv_family(m, weight.shape[1], weight.shape[0], *weight.shape[2:])
     candidates = configs.conv_candidates(family, input.dtype)
-    if (
-        key is None
-        or not configs.autotune_enabled()
-        or len(candidates) == 1
-        or input.device.type != "cuda"
-        or _is_tracing(input)
-        or torch.compiler.is_compiling()
-        or torch.cuda.is_current_stream_capturing()
-    ):
-        # No benchmarking here (it synchronizes / cannot run on fake data); do not cache either,
-        # so a later eager call of the same shape still gets tuned.
+    return candidates if configs.autotune_enabled() else candidates[:1]
+
+
+def _like(t: Tensor, gen: torch.Generator, std: float = 1.0) -> Tensor:
+    """Random N(0, std^2) data with exactly ``t``'s sizes, strides, dtype and device."""
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    out.copy_(torch.randn(t.shape, generator=gen, device=t.device) * std)
+    return out
+
+
+def _verified_config(input, weight, residual, stride, padding, relu, out_sizes, key,
+                     candidates) -> ConvConfig:
+    """Runs resnet_fused.tuning.choose on random data with this call's exact layout (the same
+    kernel specialization), so a config is verified before it can be chosen (see tuning.py)."""
+    device = input.device
+    gen = torch.Generator(device=device).manual_seed(0)
+    c, r, s = weight.shape[1:]
+    x = _like(input, gen)
+    w = _like(weight, gen, std=(c * r * s) ** -0.5)
+    res = None if residual is None else _like(residual, gen)
+    scale, shift = (t.to(device) for t in random_bn_params(weight.shape[0],
+                                                           torch.Generator().manual_seed(0)))
+    out = torch.empty(out_sizes, dtype=input.dtype, device=device,
+                      memory_format=torch.channels_last)
+
+    def launch(cfg: ConvConfig) -> Tensor:
+        conv_bn_act_launch(x, w, scale, shift, res, stride, padding, relu, out, cfg)
+        return out
+
+    def run(cfg: ConvConfig) -> Tensor:
+        out.fill_(float("nan"))  # an element the kernel does not write fails the check
+        return launch(cfg)
+
+    def reference() -> Tensor:
+        # float64 on CPU (the interpreter computes IEEE fp32); on a GPU an fp32 composition with
+        # TF32 off (its error, ~1e-6, is far below every GPU bound; fp64 convs would take seconds).
+        ref_dt = torch.float64 if device.type == "cpu" else torch.float32
+        with no_tf32():
+            return conv_bn_act_reference(x.to(ref_dt), w.to(ref_dt), scale, shift,
+                                         None if res is None else res.to(ref_dt), stride, padding,
+                                         relu)
+
+    return tuning.choose(
+        "triton.conv_bn_act", key, candidates, run=run, launch=launch, reference=reference,
+        bound=tolerance(input.dtype, "op", device), device=device, name=_config_name,
+        timer=_timer(device), fingerprint=_kernel_fingerprint())
+
+
+def _choose_config(input, weight, residual, stride, padding, relu, out_sizes) -> ConvConfig:
+    """The config for this call: a verified (and, with several candidates, the fastest) one.
+
+    The first call of a shape verifies the candidates on random data (tuning.py); later calls,
+    traced or not, reuse that choice. While a CUDA graph is being captured nothing can be run or
+    synchronized: an unseen shape then gets its default config unverified, with a warning (warm
+    up eagerly before capturing, as torch.cuda.graphs recommends).
+    """
+    candidates = _candidates(input, weight, out_sizes)
+    key = _config_key(input, weight, residual, stride, padding, relu)
+    if key is None:
+        _warn_unverified("its sizes are symbolic (dynamic shapes)")
         return candidates[0]
+    if input.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        chosen = tuning.lookup("triton.conv_bn_act", key, candidates, input.device,
+                               name=_config_name, fingerprint=_kernel_fingerprint())
+        if chosen is None:
+            _warn_unverified(f"the shape {key} was first seen during CUDA graph capture")
+            return candidates[0]
+        return chosen
+    with tuning.outside_tracing() if is_tracing(input) else contextlib.nullcontext():
+        return _verified_config(input, weight, residual, stride, padding, relu, out_sizes, key,
+                                candidates)
 
-    from triton.testing import do_bench
 
-    best, best_ms = candidates[0], float("inf")
-    for cfg in candidates:
-        def run(cfg=cfg):
-            conv_bn_act_launch(input, weight, scale, shift, residual, stride, padding, relu,
-                               out, cfg)
-        try:
-            ms = do_bench(run, warmup=5, rep=25)
-        except Exception:  # e.g. out of shared memory on a smaller GPU: skip the candidate
-            continue
-        if ms < best_ms:
-            best, best_ms = cfg, ms
-    configs.remember(key, best)
-    return best
+def _config_name(cfg: ConvConfig) -> str:
+    return (f"{cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K}/w{cfg.num_warps}/s{cfg.num_stages}"
+            f"/g{cfg.GROUP_M}")
+
+
+@functools.cache
+def _kernel_fingerprint() -> str:
+    """Changes whenever the kernel's source does: a cached choice is for this exact kernel."""
+    src = inspect.getsource(_conv_bn_act_kernel.fn)
+    return "conv_bn_act:" + hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+def _timer(device: torch.device):
+    if device.type != "cuda":
+        return None  # the interpreter: tuning's wall-clock default (only tests give it several)
+
+    def do_bench_seconds(fn) -> float:
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=5, rep=25) / 1e3
+
+    return do_bench_seconds
+
+
+@functools.cache
+def _warn_unverified(why: str) -> None:
+    warnings.warn(f"resnet_fused: a Triton conv_bn_act config runs unverified because {why}",
+                  stacklevel=4)
 
 
 @triton_op("resnet_fused::triton_conv_bn_act", mutates_args=())
@@ -301,7 +351,7 @@ def triton_conv_bn_act(
                       memory_format=torch.channels_last)
     if out.numel() == 0:
         return out  # N = 0: nothing to launch
-    if _interpreter_fake_launch(input, "triton_conv_bn_act"):
+    if interpreter_fake_launch(input, "triton_conv_bn_act"):
         # The interpreter runs kernels on real host memory; under fake tensors (opcheck's fake
         # test, dynamo's shape propagation) only the already-correct metadata matters.
         return out
@@ -315,6 +365,6 @@ def triton_conv_bn_act(
     input, weight = _channels_innermost(input), _channels_innermost(weight)
     if residual is not None:
         residual = _channels_innermost(residual)
-    cfg = _choose_config(input, weight, scale, shift, residual, stride, padding, relu, out)
+    cfg = _choose_config(input, weight, residual, stride, padding, relu, sizes)
     conv_bn_act_launch(input, weight, scale, shift, residual, stride, padding, relu, out, cfg)
     return out

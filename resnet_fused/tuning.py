@@ -1,0 +1,262 @@
+"""Per-shape choice among candidates (tile configs, implementations): verified, measured, cached.
+
+A candidate is never chosen on trust. The first time a shape is seen, :func:`choose` runs every
+candidate once on random data of that shape and compares its output with the reference
+composition under the project's per-op numerics bound (NaN-poisoned output, so an unwritten
+element fails too). A candidate that raises or misses the bound is dropped and reported (a warning
+and :data:`REJECTED`): compilers do miscompile (Triton 3.4-3.6 silently miscompiled Inductor's 3x3
+conv template with ``num_warps=8``, pytorch issue 173068). The survivors are timed and the fastest
+wins; a single survivor is chosen without timing.
+
+Choices are cached for the process and, for CUDA devices, on disk (``$RESNET_FUSED_CACHE_DIR``,
+default ``~/.cache/resnet_fused/tuning.json``), keyed by the device, the versions of torch,
+triton, CUDA and this package, a fingerprint of the candidates' code, and the shape. A cached
+choice was verified when it was stored, under exactly that key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+from .testing import relative_error
+
+__all__ = ["REJECTED", "Rejection", "cache_path", "choose", "clear", "lookup", "outside_tracing"]
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """A candidate dropped by verification: where, which, and why."""
+
+    namespace: str
+    key: str
+    candidate: str
+    reason: str
+
+
+# Every rejection this process has seen (tests and `resnet_fused info`-style reports read it).
+REJECTED: list[Rejection] = []
+_CHOSEN: dict[tuple[str, str], str] = {}
+
+
+def cache_path() -> str:
+    root = os.environ.get("RESNET_FUSED_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "resnet_fused")
+    return os.path.join(root, "tuning.json")
+
+
+def clear() -> None:
+    """Forgets this process's choices and rejections (not the disk cache)."""
+    _CHOSEN.clear()
+    REJECTED.clear()
+
+
+@functools.cache
+def _device_fingerprint(device: torch.device) -> str:
+    from . import __version__
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        what = f"{props.name} sm_{props.major}{props.minor} x{props.multi_processor_count}"
+    else:
+        what = device.type
+    return (f"{what}|torch {torch.__version__}|cuda {torch.version.cuda}|triton {triton_version}"
+            f"|resnet_fused {__version__}")
+
+
+def _disk_load() -> dict:
+    try:
+        with open(cache_path()) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _disk_store(entry: str, choice: str) -> None:
+    """Adds one entry to the JSON file: read-modify-write under a lock, atomic replace."""
+    path = cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".lock", "w") as lock:
+            try:
+                import fcntl
+
+                fcntl.flock(lock, fcntl.LOCK_EX)  # torchrun ranks tune at the same time
+            except ImportError:  # pragma: no cover - not POSIX
+                pass
+            data = _disk_load()
+            data[entry] = choice
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+    except OSError as e:
+        _warn_once(f"resnet_fused: cannot write the tuning cache {path} ({e}); choices are kept "
+                   "for this process only")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+@contextlib.contextmanager
+def outside_tracing() -> Iterator[None]:
+    """Real tensors and real kernel launches while torch.compile / opcheck trace an op.
+
+    Tuning needs real data; while an op body is traced (fake tensors, functionalization, proxy
+    modes) this suspends those modes, so the tuning work runs for real and stays out of the graph.
+    """
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with unset_fake_temporarily(), _disable_current_modes():
+        yield
+
+
+def wall_timer(fn: Callable[[], object], reps: int = 3) -> float:
+    """Median seconds of ``fn()`` by the wall clock (CPU work), after one warm-up."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def cuda_timer(fn: Callable[[], object], reps: int = 20) -> float:
+    """Median seconds of ``fn()`` on the current CUDA stream (CUDA events, after 3 warm-ups)."""
+    for _ in range(3):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for start, end in zip(starts, ends, strict=True):
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True))
+    return times[len(times) // 2]
+
+
+def choose(
+    namespace: str,
+    key: Sequence,
+    candidates: Sequence[T],
+    run: Callable[[T], Tensor],
+    reference: Callable[[], Tensor],
+    bound: float,
+    device: torch.device,
+    name: Callable[[T], str] = repr,
+    timer: Callable[[Callable[[], object]], float] | None = None,
+    fingerprint: str = "",
+    launch: Callable[[T], object] | None = None,
+    persist: bool | None = None,
+) -> T:
+    """The verified, fastest candidate for ``key`` (see the module docstring).
+
+    Args:
+        namespace: what is being chosen, e.g. ``"triton.conv_bn_act"``.
+        key: the shape key (hashable values with a stable ``repr``).
+        candidates: in preference order; the first wins ties and is the only one timed never.
+        run: runs one candidate on the problem's data and returns its output (poisoned before the
+            launch by ``run`` itself, so unwritten elements show up as NaN).
+        reference: computes the reference output once (compared in float64).
+        bound: the largest relative L2 error a candidate may have.
+        device: where the candidates run; CUDA choices are also cached on disk.
+        name: a candidate's stable name (stored in the cache, shown in reports).
+        timer: seconds per call of a zero-argument function; default: CUDA events on CUDA, the
+            wall clock elsewhere.
+        fingerprint: identifies the candidates' code (e.g. a kernel source hash), part of the key.
+        launch: what is timed per candidate (default ``run``; pass one without the poisoning).
+        persist: keep the choice in the disk cache too (default: for CUDA devices).
+
+    Raises:
+        RuntimeError: when no candidate passes verification (nothing is safe to run).
+    """
+    if not candidates:
+        raise ValueError(f"{namespace}: no candidates for {key!r}")
+    persist = device.type == "cuda" if persist is None else persist
+    chosen = lookup(namespace, key, candidates, device, name, fingerprint, persist)
+    if chosen is not None:
+        return chosen
+    shape_key = repr(tuple(key))
+    ref = reference()
+    passed = []
+    for cand in candidates:
+        try:
+            err = relative_error(run(cand), ref)
+        except Exception as e:  # a launch failure (e.g. out of shared memory) drops the candidate
+            reason = f"raised {type(e).__name__}: {e}"
+        else:
+            if err <= bound:  # NaN/inf never passes
+                passed.append(cand)
+                continue
+            reason = f"relative error {err:.3e} > bound {bound:.1e}"
+        REJECTED.append(Rejection(namespace, shape_key, name(cand), reason))
+        warnings.warn(f"resnet_fused: {namespace} candidate {name(cand)} failed verification for "
+                      f"{shape_key} and is dropped: {reason}", stacklevel=2)
+    del ref
+    if not passed:
+        raise RuntimeError(f"resnet_fused: every {namespace} candidate failed verification for "
+                           f"{shape_key}: " + "; ".join(
+                               f"{r.candidate}: {r.reason}" for r in REJECTED
+                               if r.namespace == namespace and r.key == shape_key))
+    best = passed[0]
+    if len(passed) > 1:
+        timer = timer or (cuda_timer if device.type == "cuda" else wall_timer)
+        best_s = math.inf
+        for cand in passed:
+            seconds = timer(lambda cand=cand: (launch or run)(cand))
+            if seconds < best_s:
+                best, best_s = cand, seconds
+    memo, entry = _cache_keys(namespace, key, device, fingerprint)
+    _CHOSEN[memo] = name(best)
+    if persist:
+        _disk_store(entry, name(best))
+    return best
+
+
+def _cache_keys(namespace: str, key: Sequence, device: torch.device,
+                fingerprint: str) -> tuple[tuple[str, str], str]:
+    shape_key = repr(tuple(key))
+    memo = (namespace, f"{device}|{fingerprint}|{shape_key}")
+    return memo, f"{namespace}|{_device_fingerprint(device)}|{fingerprint}|{shape_key}"
+
+
+def lookup(namespace: str, key: Sequence, candidates: Sequence[T], device: torch.device,
+           name: Callable[[T], str] = repr, fingerprint: str = "",
+           persist: bool | None = None) -> T | None:
+    """The cached (already verified) choice for ``key``, or None; runs nothing on the device."""
+    names = {name(c): c for c in candidates}
+    memo, entry = _cache_keys(namespace, key, device, fingerprint)
+    if _CHOSEN.get(memo) in names:
+        return names[_CHOSEN[memo]]
+    if device.type == "cuda" if persist is None else persist:
+        cached = _disk_load().get(entry)
+        if cached in names:
+            _CHOSEN[memo] = cached
+            return names[cached]
+    return None
