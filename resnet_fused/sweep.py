@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import ops
-from .backends import BACKENDS
+from .backends import BACKENDS, resolve_backend
 from .progress import progress
 from .reference import conv_bn_act_reference
 from .testing import random_bn_params, reference_dtype, relative_error, tolerance
@@ -109,6 +109,10 @@ def run_case(case: Case, backend: str, device: torch.device, seed: int) -> dict:
     return {**asdict(case), "backend": backend, "error": err, "bound": bound, "ok": ok}
 
 
+# Exit statuses of `python -m resnet_fused sweep`.
+EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 3, 130
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, required=True)
     parser.add_argument("--cases", type=int, default=500, help="cases per backend (default 500)")
@@ -116,28 +120,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=None,
                         help="default: all three on CUDA, float32 and bfloat16 on CPU")
     parser.add_argument("--device", default=None, help="default: cuda if visible, else cpu")
-    parser.add_argument("--json", default=None, help="write every case's result to this file")
+    parser.add_argument("--json", default=None,
+                        help="write every case's result to this file, one JSON object per line, "
+                             "as each case finishes (a cut run keeps what it finished)")
+    parser.epilog = (f"exit status: {EXIT_OK} all passed, {EXIT_FAILED} a case failed, "
+                     f"{EXIT_UNAVAILABLE} a backend cannot run on the device, {EXIT_INTERRUPTED} "
+                     "interrupted (the table of the finished cases is printed first)")
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+def _unavailable(backends: list[str], device: torch.device) -> dict[str, str]:
+    """Backends that cannot run on ``device``, each with the reason (said once, not per case)."""
+    why = {}
+    for backend in backends:
+        try:
+            resolve_backend(backend, device)
+        except (RuntimeError, ValueError) as e:
+            why[backend] = str(e)
+    return why
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtypes = args.dtypes or (list(DTYPES) if device.type == "cuda" else ["float32", "bfloat16"])
-    cases = draw_cases(args.cases, args.seed, dtypes)
-    results = []
-    for backend in args.backends:
-        for case in progress(cases, f"sweep {backend} on {device}", unit="case"):
-            try:
-                results.append(run_case(case, backend, device, args.seed))
-            except Exception as e:  # a crash is a failed case, reported with the case
-                results.append({**asdict(case), "backend": backend, "error": math.inf,
-                                "bound": 0.0, "ok": False, "exception": repr(e)})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+
+def summarize(results: list[dict], backends: list[str], dtypes: list[str]) -> int:
+    """Prints the per-backend/dtype table and the failed cases; returns the number failed."""
     print(f"{'backend':<8} {'dtype':<9} {'cases':>6} {'failed':>7} {'worst rel. error':>17}")
-    for backend in args.backends:
+    for backend in backends:
         for dt in dtypes:
             rows = [r for r in results if r["backend"] == backend and r["dtype"] == dt]
             if rows:
@@ -148,4 +153,42 @@ def run(args: argparse.Namespace) -> int:
     for r in failed[:20]:
         print("FAILED:", {k: r[k] for k in r if k not in ("ok",)})
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
+    return len(failed)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    unavailable = _unavailable(args.backends, device)
+    for backend, why in unavailable.items():
+        print(f"sweep: backend {backend!r} cannot run on {device}: {why}", file=sys.stderr)
+    if unavailable:
+        return EXIT_UNAVAILABLE
+    dtypes = args.dtypes or (list(DTYPES) if device.type == "cuda" else ["float32", "bfloat16"])
+    cases = draw_cases(args.cases, args.seed, dtypes)
+    results: list[dict] = []
+    sink = open(args.json, "w") if args.json else None
+    status = EXIT_OK
+    try:
+        for backend in args.backends:
+            for case in progress(cases, f"sweep {backend} on {device}", unit="case"):
+                try:
+                    result = run_case(case, backend, device, args.seed)
+                except Exception as e:  # a crash is a failed case, reported with the case
+                    result = {**asdict(case), "backend": backend, "error": math.inf,
+                              "bound": 0.0, "ok": False, "exception": repr(e)}
+                results.append(result)
+                if sink:
+                    sink.write(json.dumps(result) + "\n")
+                    sink.flush()
+    except KeyboardInterrupt:  # SIGINT from a step's timeout: report what finished
+        print(f"\nsweep: interrupted after {len(results)} of "
+              f"{len(cases) * len(args.backends)} cases; results so far:", file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    finally:
+        if sink:
+            sink.close()
+    failed = summarize(results, args.backends, dtypes)
+    return EXIT_FAILED if failed else status

@@ -87,12 +87,75 @@ def test_run_returns_nonzero_on_mismatch(monkeypatch, capsys):
     monkeypatch.setattr(bench.cli, "build_variant", build)
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
+    # --device cpu: on a GPU machine the defaults would be the GPU variants (and max-autotune).
     args = parser.parse_args(["--model", "resnet18", "--batch", "1", "--size", "32",
-                              "--iters", "1", "--warmup", "0"])
+                              "--iters", "1", "--warmup", "0", "--device", "cpu"])
     assert bench.run(args) == 1
     captured = capsys.readouterr()
     assert "MISMATCH" in captured.out
     assert "does not match the reference" in captured.err
+
+
+def _cli_args(*extra):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(["--model", "resnet18", "--batch", "1", "--size", "32", "--iters",
+                              "3", "--warmup", "0", "--device", "cpu", *extra])
+
+
+def test_a_raising_variant_does_not_cost_the_table(monkeypatch, capsys):
+    real_build = bench.build_variant
+
+    def build(name, model, x):
+        variant = real_build(name, model, x)
+        if name == "fused-aten":
+            calls = []
+
+            def flaky():
+                calls.append(1)
+                if len(calls) > 1:  # passes the check, then fails while being timed
+                    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+                return variant.fn()
+
+            return bench.Variant(name, flaky)
+        if name == "fused-cpu":
+            raise ValueError("cannot build this one")
+        return variant
+
+    monkeypatch.setattr(bench.cli, "build_variant", build)
+    assert bench.run(_cli_args("--backends", "reference", "cpu", "aten")) == 1
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(("reference",
+                                                                                  "fused-"))}
+    assert rows["reference"].rstrip().endswith("ok")
+    assert "ERROR: ValueError: cannot build this one" in rows["fused-cpu"]
+    assert "ERROR: RuntimeError: CUDA error" in rows["fused-aten"]
+    assert "verdict: fused-cpu: FAILED" in out and "verdict: fused-aten: FAILED" in out
+
+
+def test_interrupted_timing_prints_the_rounds_done(monkeypatch, capsys):
+    real_time_fn = bench.cli.time_fn
+    calls = []
+
+    def time_fn(fn, device, warmup, reps):
+        calls.append(1)
+        if len(calls) == 6:  # 2 warm-up calls, then round 1 (2 calls), then SIGINT in round 2
+            raise KeyboardInterrupt
+        return real_time_fn(fn, device, warmup=warmup, reps=reps)
+
+    monkeypatch.setattr(bench.cli, "time_fn", time_fn)
+    assert bench.run(_cli_args("--backends", "reference", "cpu")) == 130
+    out = capsys.readouterr().out
+    assert "ok (interrupted, 1 rounds)" in out
+    assert "verdict: fused-cpu:" in out and "the reference" in out
+
+
+def test_verdict_and_legend(capsys):
+    assert bench.run(_cli_args("--backends", "reference", "cpu")) == 0
+    out = capsys.readouterr().out
+    assert "rel. error           ||y - ref|| / ||ref||" in out and "setup s" in out
+    verdict = next(line for line in out.splitlines() if line.startswith("verdict: fused-cpu"))
+    assert "x the reference (rounds' IQR" in verdict and "within bound" in verdict
 
 
 def test_run_cli_with_roofline(monkeypatch, capsys, tmp_path):
@@ -104,7 +167,7 @@ def test_run_cli_with_roofline(monkeypatch, capsys, tmp_path):
     out = tmp_path / "bench.json"
     args = parser.parse_args(["--model", "resnet18", "--batch", "1", "--size", "32",
                               "--iters", "1", "--warmup", "0", "--backends", "cpu",
-                              "--roofline", "--json", str(out)])
+                              "--device", "cpu", "--roofline", "--json", str(out)])
     assert bench.run(args) == 0
     text = capsys.readouterr().out
     assert "fused-cpu" in text and "reference" in text and "per-layer roofline" in text

@@ -1,7 +1,12 @@
 """The randomized sweep (``python -m resnet_fused sweep``): repeatable, covering, can fail."""
 
 import argparse
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -49,3 +54,52 @@ def test_cli_reports_failures_in_exit_code(monkeypatch, tmp_path, capsys):
     assert sweep.run(args) == 1
     assert "0 passed, 3 failed" in capsys.readouterr().out
     assert (tmp_path / "sweep.json").stat().st_size > 0
+
+
+def test_interrupt_prints_the_finished_cases_and_keeps_them(monkeypatch, tmp_path, capsys):
+    real = sweep.run_case
+    calls = []
+
+    def stop_at_third(case, backend, device, seed):
+        calls.append(case.index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what SIGINT from a step's timeout raises
+        return real(case, backend, device, seed)
+
+    monkeypatch.setattr(sweep, "run_case", stop_at_third)
+    out = tmp_path / "sweep.jsonl"
+    args = argparse.Namespace(backends=["cpu"], cases=10, seed=0, dtypes=["float32"],
+                              device="cpu", json=str(out))
+    assert sweep.run(args) == sweep.EXIT_INTERRUPTED
+    captured = capsys.readouterr()
+    assert "2 passed, 0 failed" in captured.out and "interrupted after 2 of 10" in captured.err
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["index"] for line in lines] == calls[:2]
+
+
+def test_real_sigint_mid_run_still_prints_a_table(tmp_path):
+    """The sweep as the GPU script runs it: a real SIGINT (timeout -s INT) mid-run."""
+    out = tmp_path / "sweep.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnet_fused", "sweep", "--backends", "cpu", "--cases", "2000",
+         "--dtypes", "float32", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or not out.read_text().count("\n")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == sweep.EXIT_INTERRUPTED, stderr
+    finished = len(out.read_text().splitlines())
+    assert 1 <= finished < 2000
+    assert f"{finished} passed, 0 failed" in stdout
+
+
+def test_unavailable_backend_is_said_once_with_its_own_status(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine where the cuda backend cannot run")
+    args = argparse.Namespace(backends=["cuda", "cpu"], cases=5, seed=0, dtypes=None,
+                              device="cpu", json=None)
+    assert sweep.run(args) == sweep.EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert err.count("cannot run on cpu") == 1 and "'cuda'" in err
