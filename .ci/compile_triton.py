@@ -47,10 +47,6 @@ os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compile, 
 # Max dynamic shared memory per block (opt-in) and 32-bit registers per SM.
 SMEM_LIMIT = {90: 232448, 80: 166912}
 REGS_PER_SM = 65536
-KERNELS = {
-    "conv_bn_act": ("resnet_fused.triton.conv_bn_act", "_conv_bn_act_kernel"),
-    "add_relu": ("resnet_fused.triton.add_relu", "_add_relu_kernel"),
-}
 
 
 @dataclass
@@ -60,10 +56,7 @@ class Job:
     config: str
     dtype: str
     variant: str
-    signature: dict
-    constexprs: dict
-    attrs: dict
-    options: dict
+    binding: object  # resnet_fused.triton.aot.Binding
 
 
 @dataclass
@@ -117,56 +110,12 @@ DTYPES = (("fp32/tf32", "float32", True), ("fp32/ieee", "float32", False),
           ("fp16", "float16", True), ("bf16", "bfloat16", True))
 
 
-# ----------------------------------------------------------------------------- recording launches
-
-
-def _record(module, call):
-    """Runs ``call()`` with ``module.wrap_triton`` (resnet_fused.triton.launch's) recording
-    launches; returns [(fn, args, kw)]."""
-    launches = []
-
-    class Recorder:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                launches.append((self.fn, args, kwargs))
-            return launch
-
-    saved = module.wrap_triton
-    module.wrap_triton = Recorder
-    try:
-        call()
-    finally:
-        module.wrap_triton = saved
-    return launches
-
-
-def _bind(fn, args, kwargs, arch):
-    """What JITFunction.run would hand to triton.compile for this launch on ``arch``."""
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    backend = make_backend(GPUTarget("cuda", arch, 32))
-    kwargs = dict(kwargs)
-    kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
-    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization,
-                                                          options)
-    return signature, constexprs, attrs, dict(options.__dict__)
-
-
 def _conv_launch(shape: ConvShape, dtype, allow_tf32: bool, cfg):
     import torch
 
     from resnet_fused.checks import conv_output_size
+    from resnet_fused.triton import aot
     from resnet_fused.triton import conv_bn_act as mod
-    from resnet_fused.triton import launch as launch_mod
 
     fmt = torch.channels_last if shape.channels_last else torch.contiguous_format
     x = torch.empty(shape.n, shape.c, shape.h, shape.w, dtype=dtype, memory_format=fmt)
@@ -180,7 +129,7 @@ def _conv_launch(shape: ConvShape, dtype, allow_tf32: bool, cfg):
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     try:
-        (launch,) = _record(launch_mod, lambda: mod.conv_bn_act_launch(
+        (launch,) = aot.record_launches(lambda: mod.conv_bn_act_launch(
             x, w, scale, shift, res, stride, padding, shape.relu, out, cfg,
             force_int64=shape.force_int64))
     finally:
@@ -196,7 +145,7 @@ def _conv_variant(kw) -> str:
 def _conv_jobs(arches) -> list[Job]:
     import torch
 
-    from resnet_fused.triton import configs
+    from resnet_fused.triton import aot, configs
 
     jobs = []
 
@@ -207,7 +156,8 @@ def _conv_jobs(arches) -> list[Job]:
         got = configs.conv_family(m, shape.c, shape.k, shape.r, shape.s)
         if got != family:
             raise SystemExit(f"{shape.name}: launcher family is {got!r}, expected {family!r}")
-        fn, args, kw = _conv_launch(shape, dtype, allow_tf32, cfg)
+        launch = _conv_launch(shape, dtype, allow_tf32, cfg)
+        kw = launch.kwargs
         if dtype_name == "float32" and kw["PRECISION"] != dtype_label.split("/")[1]:
             raise SystemExit(f"launcher passed PRECISION={kw['PRECISION']} for {dtype_label}")
         name = (f"{family}#{index} {cfg.BLOCK_M}x{cfg.BLOCK_N}x{cfg.BLOCK_K} "
@@ -215,7 +165,7 @@ def _conv_jobs(arches) -> list[Job]:
         variant = f"{_conv_variant(kw)} [{shape.name}]"
         for arch in arches:
             jobs.append(Job("conv_bn_act", arch, name, dtype_label, variant,
-                            *_bind(fn, args, kw, arch)))
+                            aot.bind(launch, arch)))
 
     for (family, cls), candidates in configs.CONV_CONFIGS.items():
         base = FAMILY_SHAPES[family]
@@ -240,8 +190,7 @@ def _add_relu_jobs(arches) -> list[Job]:
     import torch
 
     from resnet_fused.triton import add_relu as mod
-    from resnet_fused.triton import configs
-    from resnet_fused.triton import launch as launch_mod
+    from resnet_fused.triton import aot, configs
 
     jobs = []
     saved = configs.ADD_RELU_CONFIG
@@ -252,8 +201,8 @@ def _add_relu_jobs(arches) -> list[Job]:
             for label, dtype_name, _ in DTYPES[1:]:
                 x = torch.empty(8, 256, 56, 56, dtype=getattr(torch, dtype_name),
                                 memory_format=torch.channels_last)
-                (launch,) = _record(launch_mod, lambda x=x: mod.triton_add_relu(x, x))
-                fn, args, kw = launch
+                (launch,) = aot.record_launches(lambda x=x: mod.triton_add_relu(x, x))
+                args, kw = launch.args, launch.kwargs
                 if kw["BLOCK"] != cfg.BLOCK or kw["num_warps"] != cfg.num_warps:
                     raise SystemExit(f"add_relu launcher did not use {cfg_name}: {kw}")
                 big = (*args[:3], 2**31 + cfg.BLOCK)  # > 2**31 elements: INT64, i64 numel
@@ -263,7 +212,7 @@ def _add_relu_jobs(arches) -> list[Job]:
                     name = f"{cfg_name} BLOCK={cfg.BLOCK} w{cfg.num_warps}"
                     for arch in arches:
                         jobs.append(Job("add_relu", arch, name, label.split("/")[0], variant,
-                                        *_bind(fn, a, k, arch)))
+                                        aot.bind(aot.Launch("add_relu", a, k), arch)))
     finally:
         configs.ADD_RELU_CONFIG = saved
     return jobs
@@ -273,23 +222,17 @@ def _add_relu_jobs(arches) -> list[Job]:
 
 
 def _compile(job: Job) -> Result:
-    import importlib
-
-    import triton
     from triton import knobs
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    module, attr = KERNELS[job.kernel]
-    fn = getattr(importlib.import_module(module), attr)
+    from resnet_fused.triton import aot
+
     knobs.nvidia.dump_ptxas_log = True  # make_cubin prints ptxas -v output to stdout
     result = Result(job)
     log = io.StringIO()
     t0 = time.perf_counter()
     try:
         with contextlib.redirect_stdout(log):
-            kernel = triton.compile(ASTSource(fn, job.signature, job.constexprs, job.attrs),
-                                    target=GPUTarget("cuda", job.arch, 32), options=job.options)
+            kernel = aot.compile_binding(job.binding)
     except Exception as e:
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         result.errors.append(f"compile failed: {type(e).__name__}: " + " | ".join(lines[:12]))

@@ -1,41 +1,39 @@
 #!/usr/bin/env bash
-# One GPU session, end to end, on a fresh machine with no network (run from anywhere; it cds to
-# the repo root):
+# One call of a GPU session, on a fresh machine with no network (run from anywhere; it cds to the
+# repo root). A session is a few calls, each one command of at most 10 minutes:
 #
-#   benchmarks/gpu_session.sh                 # build, test, benchmark, report -> $OUT
-#   benchmarks/gpu_session.sh --cpu-dry-run   # the same plumbing on a CPU, tiny sizes, no build
+#   benchmarks/gpu_session.sh validation      # tests (CUDA, Triton), sweeps, compute-sanitizer
+#   benchmarks/gpu_session.sh performance     # benchmarks, per-layer roofline, torch.compile, report
+#   benchmarks/gpu_session.sh validation --cpu-dry-run   # the same plan on a CPU, tiny sizes
 #
-# Output folder: ${OUT:-benchmarks/results/gpu-<date>}. At most 7 files are written there (the
-# device tool returns 8): session.log (nvidia-smi, versions, build tail, test log, CLI roofline,
-# per-step status), bench-model.json, bench-layers.json, bench-compile.json (pytest-benchmark raw),
-# report.md, report-throughput.png, report-layers.png.
+# The plan (each call's steps, their order and time limits, the sweep sizes) comes from
+# benchmarks/gpu_plan.py, which sizes it from counted work (Triton compiles counted with Triton's
+# own binder); `python3 benchmarks/gpu_plan.py show` prints it with the counts. Override with
+# STEPS="..." or T_<STEP>=seconds, SWEEP_CUDA_CASES, SWEEP_TRITON_CASES.
 #
-# Time: the whole script stays within BUDGET_S seconds (default 480 = 8 min; one device call may
-# run 10). Each step has its own limit (T_<STEP> below) and is cut to what is left of the budget,
-# so a hang costs one step, not the session; 30 s are kept back for the report. Steps run in
-# priority order; torch.compile(max-autotune) is last because it is the slowest to build. To split
-# a session over several calls, pick steps: STEPS="bench-compile report" benchmarks/gpu_session.sh
-# (a later call on the same warm machine reuses the build).
+# Never loses what finished: every step runs under `timeout -s INT` (SIGKILL 15 s later), cut to
+# what is left of BUDGET_S; pytest, the sweeps and `bench` print and keep partial results on
+# SIGINT (sweeps write JSON lines as cases finish; pytest-benchmark writes its JSON at session
+# end, which SIGINT still reaches). Output: ${OUT:-benchmarks/results/gpu-<date>}, at most 8
+# files (the device tool returns 8): session.log plus each call's results.
 #
-# A device call may run 10 minutes and a machine is given back 30 s after a call, so plan one call
-# per purpose, each starting with the (cached when warm) build:
-#   validation:  STEPS="info build tests sweep" BUDGET_S=570 benchmarks/gpu_session.sh
-#   performance: STEPS="info build bench-model bench-layers roofline report" benchmarks/gpu_session.sh
-#   baseline:    STEPS="build bench-compile report" benchmarks/gpu_session.sh
-#
-# Validation (not a default step, it needs its own call): STEPS="build sweep" runs the seeded
-# randomized conv_bn_act sweep, SWEEP_CASES (default 500) cases per backend (cuda, triton), with
-# poisoned outputs; its table and any failed cases go to session.log.
-#
-# Wheels: if a .whl/ folder exists (offline wheels, e.g. nvidia-cutlass), they are installed
-# first with `pip install --no-index --no-deps .whl/*.whl`.
+# The compiled extension: the device tool's `carry` ships build/prebuilt-cu130/_C.abi3.so, the
+# abi3 module that CI's torch 2.11+cu130 job (.ci/cu130.sh) builds. It is used when it loads (the
+# log says so, with its BUILD.json); otherwise the `build` step compiles on the GPU machine.
+# Offline wheels (e.g. nvidia-cutlass, for that build) in .whl/ are installed first.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 
+CALL=${1:-}
 DRY=0
-if [[ "${1:-}" == "--cpu-dry-run" ]]; then
-  DRY=1
-fi
+[[ "${2:-}" == "--cpu-dry-run" || "${1:-}" == "--cpu-dry-run" ]] && DRY=1
+[[ "$CALL" == "--cpu-dry-run" ]] && CALL=${2:-validation}
+case "$CALL" in
+  validation|performance) ;;
+  *) echo "usage: benchmarks/gpu_session.sh validation|performance [--cpu-dry-run]" >&2; exit 2 ;;
+esac
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 if [[ $DRY == 1 ]]; then
   OUT=${OUT:-$(mktemp -d /tmp/gpu-session-dry-run.XXXXXX)}
 else
@@ -43,36 +41,33 @@ else
 fi
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
-BUDGET_S=${BUDGET_S:-480}
-STEPS=${STEPS:-"info build tests bench-model bench-layers roofline bench-compile report"}
-T_INFO=${T_INFO:-30}
-T_BUILD=${T_BUILD:-240}
-T_TESTS=${T_TESTS:-240}
-T_BENCH_MODEL=${T_BENCH_MODEL:-90}
-T_BENCH_LAYERS=${T_BENCH_LAYERS:-90}
-T_ROOFLINE=${T_ROOFLINE:-60}
-T_BENCH_COMPILE=${T_BENCH_COMPILE:-180}
-T_REPORT=${T_REPORT:-30}
-T_SWEEP=${T_SWEEP:-300}
-START=$(date +%s)
-SUMMARY=()
-PY=${PYTHON:-python}
-
+PREBUILT=${PREBUILT:-build/prebuilt-cu130}
+: > "$LOG"
 log() { echo "$*" >> "$LOG"; }
 
-# step NAME LIMIT CMD...: runs CMD with its output appended to the log, under a timeout of
-# min(LIMIT, what is left of the budget minus the report's reserve). SIGINT first, so pytest still
-# writes its --benchmark-json for the cases that finished; SIGKILL 15 s later.
+# The plan: steps, limits and sizes (env overrides what the plan says).
+PLAN_FILE=/tmp/gpu_session_plan.txt
+plan_args=(--call "$CALL" --plan-file "$PLAN_FILE")
+[[ $DRY == 1 ]] && plan_args+=(--dry-run)
+if ! plan=$("$PY" benchmarks/gpu_plan.py env "${plan_args[@]}" 2>>"$LOG"); then
+  echo "gpu_session: benchmarks/gpu_plan.py failed; see $LOG" >&2
+  exit 1
+fi
+eval "$plan"  # export STEPS, BUDGET_S, T_<STEP>, SWEEP_*_CASES (what the caller set wins)
+START=$(date +%s)
+SUMMARY=()
+
+# step NAME CMD...: CMD's output appended to the log, under a timeout of min(T_<NAME>, what is
+# left of the budget). SIGINT first, so pytest, the sweeps and bench report what finished.
 step() {
-  local name=$1 limit=$2
-  shift 2
-  if [[ " $STEPS " != *" $name "* ]]; then
-    return 0
-  fi
-  local reserve=$T_REPORT
-  [[ $name == report ]] && reserve=0
-  local left=$((BUDGET_S - ($(date +%s) - START) - reserve))
-  if ((left < limit)); then limit=$left; fi
+  local name=$1
+  shift
+  if [[ " $STEPS " != *" $name "* ]]; then return 0; fi
+  local var="T_${name^^}"
+  var=${var//-/_}
+  local limit=${!var:-60}
+  local left=$((BUDGET_S - ($(date +%s) - START)))
+  ((left < limit)) && limit=$left
   if ((limit < 10)); then
     log "=== [$name] SKIPPED: out of time budget"
     SUMMARY+=("$name: skipped (budget)")
@@ -80,24 +75,23 @@ step() {
   fi
   log ""
   log "=== [$name] $(date -u +%T) (limit ${limit}s): $*"
-  local t0=$(date +%s)
+  local t0
+  t0=$(date +%s)
   if [[ $(type -t "$1") == function ]]; then
-    # timeout runs programs, not shell functions: run the (exported) function in a child bash.
-    timeout -s INT -k 15 "$limit" bash -c "$1" >> "$LOG" 2>&1
+    timeout -s INT -k 15 "$limit" bash -c "$*" >> "$LOG" 2>&1
   else
     timeout -s INT -k 15 "$limit" "$@" >> "$LOG" 2>&1
   fi
   local rc=$?
-  local dt=$(($(date +%s) - t0))
   local what="rc=$rc"
-  ((rc == 124 || rc == 137)) && what="TIMEOUT after ${limit}s"
-  log "=== [$name] $what, ${dt}s"
-  SUMMARY+=("$name: $what (${dt}s)")
+  ((rc == 124 || rc == 137)) && what="TIMEOUT after ${limit}s (partial results above)"
+  log "=== [$name] $what, $(($(date +%s) - t0))s"
+  SUMMARY+=("$name: $what ($(($(date +%s) - t0))s)")
 }
 
 info() {
   echo "date: $(date -u +%FT%TZ); host: $(hostname); git: $(git rev-parse --short HEAD 2>/dev/null)"
-  echo "dry run: $DRY; budget ${BUDGET_S}s; steps: $STEPS"
+  echo "call: $CALL; dry run: $DRY; budget ${BUDGET_S}s; steps: $STEPS"
   nvidia-smi || echo "(nvidia-smi not available)"
   nvcc --version 2>/dev/null | tail -n 2 || echo "(nvcc not found)"
   "$PY" - <<'EOF'
@@ -107,89 +101,168 @@ print("python", platform.python_version())
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN",
       torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
 for name in ("triton", "torchvision", "timm", "pytest", "pytest_benchmark", "matplotlib", "tqdm",
-             "ninja", "cutlass", "cutlass_library"):
+             "ninja", "cutlass_library"):
     try:
         print(name, getattr(importlib.import_module(name), "__version__", "(installed)"))
     except Exception as e:  # noqa: BLE001 - any import problem is just reported
-        print(name, "missing:", type(e).__name__)
+        print(name, "missing:", type(e).__name__, str(e)[:80])
 if torch.cuda.is_available():
     print("device", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
 EOF
+  prepare_extension
   "$PY" -m resnet_fused info 2>&1 || true
+  cat "$PLAN_FILE"
+}
+
+# Uses the prebuilt abi3 _C when it loads here (the log says which); otherwise leaves the build
+# step to compile it. Sets NEED_BUILD in a file the build step reads (steps run in subshells).
+prepare_extension() {
+  rm -f /tmp/gpu_session_need_build
+  if ls resnet_fused/_C*.so >/dev/null 2>&1 && [[ $DRY == 1 ]]; then
+    echo "extension: dry run, using this checkout's own $(ls resnet_fused/_C*.so)"
+    return 0
+  fi
+  if [[ -f $PREBUILT/_C.abi3.so ]]; then
+    cp "$PREBUILT/_C.abi3.so" resnet_fused/_C.abi3.so
+    if "$PY" -c "import resnet_fused, torch; s = resnet_fused.backend_status(); \
+print('backends:', s); assert s['cuda'] == 'available' or not torch.cuda.is_available()"; then
+      echo "extension: using the PREBUILT $PREBUILT/_C.abi3.so (what CI built):"
+      cat "$PREBUILT/BUILD.json" 2>/dev/null
+      return 0
+    fi
+    echo "extension: the prebuilt _C does not load here; the build step will compile it"
+    rm -f resnet_fused/_C.abi3.so
+  else
+    echo "extension: no prebuilt _C at $PREBUILT; the build step will compile it"
+  fi
+  touch /tmp/gpu_session_need_build
 }
 
 build() {
+  if [[ ! -f /tmp/gpu_session_need_build ]]; then
+    echo "build: not needed (the prebuilt _C loads)"
+    return 0
+  fi
   if [[ -d .whl ]]; then
     echo "installing offline wheels from .whl/: $(ls .whl)"
-    "$PY" -m pip install --no-index --no-deps .whl/*.whl || return 1
+    "$PY" -m pip install -q --no-index --no-deps .whl/*.whl || return 1
   fi
   local blog
   blog=$(mktemp /tmp/build.XXXXXX.log)
-  MAX_JOBS=${MAX_JOBS:-8} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
+  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=${MAX_JOBS:-12} \
+    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} \
     "$PY" -m pip install --no-build-isolation --no-deps -e . > "$blog" 2>&1
   local rc=$?
-  # The full build log is long: keep its tail (more of it when the build failed).
-  if ((rc == 0)); then tail -n 40 "$blog"; else tail -n 300 "$blog"; fi
+  if ((rc == 0)); then tail -n 20 "$blog"; else tail -n 300 "$blog"; fi
+  echo "build: compiled on this machine (rc=$rc)"
   "$PY" -c "import resnet_fused; print('backends:', resnet_fused.backend_status())"
   return $rc
 }
 
-export -f info build
-export DRY PY STEPS BUDGET_S
+sanitizer() {
+  if [[ $DRY == 1 ]]; then
+    "$PY" benchmarks/cuda_paths.py --list
+    return $?
+  fi
+  if ! command -v compute-sanitizer >/dev/null; then
+    echo "compute-sanitizer is not on PATH: not run"
+    return 1
+  fi
+  local rc=0
+  for tool in memcheck racecheck; do
+    echo "--- compute-sanitizer --tool $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" benchmarks/cuda_paths.py || rc=$?
+  done
+  return $rc
+}
+
+export -f info prepare_extension build sanitizer
+export DRY PY STEPS BUDGET_S CALL PREBUILT PLAN_FILE
 
 if [[ $DRY == 1 ]]; then
-  # CPU plumbing check: tiny sizes, the suite's CPU paths, no build.
+  # CPU: the same steps and commands, tiny sizes, CPU stand-ins for the GPU backends.
+  SWEEP_CUDA=(--backends cpu --device cpu --dtypes float32)
+  SWEEP_TRITON=(--backends triton --device cpu --dtypes float32)
+  export TRITON_INTERPRET_FOR_SWEEP=1
+  WARM_ARGS=(--max 4 --jobs 2)
   MODEL_ARGS=(--bench-models resnet18 --bench-batches 1 --bench-rounds 2 --bench-warmup 0)
   LAYER_ARGS=(--bench-layers conv1,layer4.0.conv2 --bench-layer-batches 1 --bench-rounds 2
               --bench-warmup 0)
   COMPILE_ARGS=(--bench-models resnet18 --bench-batches 1 --bench-variants compile
                 --bench-compile no)
-  ROOFLINE_ARGS=(--model resnet18 --batch 1 --iters 2 --warmup 0 --roofline)
-  TEST_ARGS=(tests/test_bench.py -q)
+  ROOFLINE_ARGS=(--model resnet18 --batch 1 --iters 2 --warmup 0 --roofline --device cpu)
 else
-  MODEL_ARGS=(--bench-models resnet50 --bench-batches 1,256 --bench-dtypes bfloat16
+  SWEEP_CUDA=(--backends cuda)
+  SWEEP_TRITON=(--backends triton)
+  export TRITON_INTERPRET_FOR_SWEEP=0
+  WARM_ARGS=(--jobs "${WARM_JOBS:-14}")
+  # Batch 256 first: the headline rows must not be the ones a cut step loses.
+  MODEL_ARGS=(--bench-models resnet50 --bench-batches 256,1 --bench-dtypes bfloat16
               --bench-compile no)
   LAYER_ARGS=(--bench-layer-batches 256 --bench-layer-dtypes bfloat16)
-  COMPILE_ARGS=(--bench-models resnet50 --bench-batches 256 --bench-dtypes bfloat16
-                --bench-variants reference,compile,fused-auto --bench-compile yes)
+  COMPILE_ARGS=(--bench-models resnet50 --bench-batches 256,1 --bench-dtypes bfloat16
+                --bench-variants compile --bench-compile yes)
   ROOFLINE_ARGS=(--model resnet50 --batch 256 --dtype bfloat16 --roofline
-                 --backends reference cudnn-fused cuda triton)
-  TEST_ARGS=(tests -m "gpu or not gpu" -q)
+                 --backends reference cudnn-fused cuda triton --json "$OUT/roofline.json")
 fi
 
-: > "$LOG"
 log "# benchmarks/gpu_session.sh $* (OUT=$OUT)"
-step info "$T_INFO" info
-if [[ $DRY == 1 ]]; then
-  log "=== [build] skipped: --cpu-dry-run"
-else
-  step build "$T_BUILD" build
+step info info
+step build build
+WARM_PID=""
+if [[ " $STEPS " == *" warm-triton "* ]]; then
+  warm_steps=(bench)
+  [[ $CALL == validation ]] && warm_steps=(tests-triton sweep-triton)
+  if [[ $CALL == validation ]]; then
+    # In the background: it needs the CPUs, the CUDA steps need the GPU.
+    (STEPS=warm-triton LOG=/tmp/gpu_session_warm.log; : > "$LOG"
+     limit=$T_WARM_TRITON
+     echo "=== [warm-triton, background] $(date -u +%T) (limit ${limit}s)" >> "$LOG"
+     timeout -s INT -k 15 "$limit" "$PY" benchmarks/gpu_plan.py warm "${warm_steps[@]}" \
+       --sweep-cases "$SWEEP_TRITON_CASES" "${WARM_ARGS[@]}" >> "$LOG" 2>&1
+     echo "=== [warm-triton] rc=$?" >> "$LOG") &
+    WARM_PID=$!
+  else
+    step warm-triton "$PY" benchmarks/gpu_plan.py warm "${warm_steps[@]}" "${WARM_ARGS[@]}"
+  fi
 fi
-step tests "$T_TESTS" "$PY" -m pytest "${TEST_ARGS[@]}"
-step sweep "$T_SWEEP" "$PY" -m resnet_fused sweep --backends cuda triton \
-  --cases "${SWEEP_CASES:-500}" --seed "${SWEEP_SEED:-0}"
-step bench-model "$T_BENCH_MODEL" "$PY" -m pytest benchmarks/test_model_throughput.py -q \
+step tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests --ignore=tests/test_triton.py
+step sweep-cuda "$PY" -m resnet_fused sweep "${SWEEP_CUDA[@]}" --cases "$SWEEP_CUDA_CASES" \
+  --json "$OUT/sweep-cuda.jsonl"
+step sanitizer sanitizer
+if [[ -n $WARM_PID ]]; then
+  wait "$WARM_PID"
+  cat /tmp/gpu_session_warm.log >> "$LOG"
+  SUMMARY+=("warm-triton: $(tail -n 1 /tmp/gpu_session_warm.log)")
+fi
+step tests-triton "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_triton.py
+step sweep-triton env RESNET_FUSED_TRITON_AUTOTUNE=0 TRITON_INTERPRET=$TRITON_INTERPRET_FOR_SWEEP \
+  "$PY" -m resnet_fused sweep "${SWEEP_TRITON[@]}" --cases "$SWEEP_TRITON_CASES" \
+  --json "$OUT/sweep-triton.jsonl"
+step bench-model "$PY" -m pytest benchmarks/test_model_throughput.py -q -p no:cacheprovider \
   "${MODEL_ARGS[@]}" --benchmark-json "$OUT/bench-model.json"
-step bench-layers "$T_BENCH_LAYERS" "$PY" -m pytest benchmarks/test_layer_throughput.py -q \
+step bench-layers "$PY" -m pytest benchmarks/test_layer_throughput.py -q -p no:cacheprovider \
   "${LAYER_ARGS[@]}" --benchmark-json "$OUT/bench-layers.json"
-step roofline "$T_ROOFLINE" "$PY" -m resnet_fused bench "${ROOFLINE_ARGS[@]}"
-step bench-compile "$T_BENCH_COMPILE" "$PY" -m pytest benchmarks/test_model_throughput.py -q \
+step roofline "$PY" -m resnet_fused bench "${ROOFLINE_ARGS[@]}"
+step bench-compile "$PY" -m pytest benchmarks/test_model_throughput.py -q -p no:cacheprovider \
   "${COMPILE_ARGS[@]}" --benchmark-json "$OUT/bench-compile.json"
-shopt -s nullglob
-JSONS=()
-for f in "$OUT"/bench-*.json; do
-  # pytest-benchmark leaves an empty file when nothing ran (or it was killed): not a result.
-  if [[ -s $f ]]; then JSONS+=("$f"); else rm -f "$f"; fi
-done
-if ((${#JSONS[@]})); then
-  step report "$T_REPORT" "$PY" benchmarks/report.py "${JSONS[@]}" -o "$OUT" --stem report
-else
-  log "=== [report] skipped: no benchmark JSON was written"
-  SUMMARY+=("report: skipped (no JSON)")
+if [[ " $STEPS " == *" report "* ]]; then
+  shopt -s nullglob
+  JSONS=()
+  for f in "$OUT"/bench-*.json; do
+    # pytest-benchmark leaves an empty file when nothing ran (or it was killed): not a result.
+    if [[ -s $f ]]; then JSONS+=("$f"); else rm -f "$f"; fi
+  done
+  if ((${#JSONS[@]})); then
+    step report "$PY" benchmarks/report.py "${JSONS[@]}" -o "$OUT" --stem report
+  else
+    log "=== [report] skipped: no benchmark JSON was written"
+    SUMMARY+=("report: skipped (no JSON)")
+  fi
 fi
 
 log ""
 log "=== summary ($(($(date +%s) - START))s of ${BUDGET_S}s)"
 for line in "${SUMMARY[@]}"; do log "  $line"; done
-cat "$LOG" | tail -n 15
+tail -n 25 "$LOG"
 echo "outputs in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -25,6 +25,7 @@ from resnet_fused.testing import (
     reference_dtype,
     relative_error,
     tolerance,
+    try_import,
 )
 
 if not torch.cuda.is_available():
@@ -361,11 +362,8 @@ def test_opcheck_add_relu(layout, generator):
 
 
 def _resnet50():
-    try:
-        import torchvision
-    except ImportError:
-        return resnet_fused.resnet50()
-    return torchvision.models.resnet50()
+    torchvision, _ = try_import("torchvision")  # any import failure: this package's model
+    return (torchvision.models if torchvision else resnet_fused).resnet50()
 
 
 @pytest.mark.slow

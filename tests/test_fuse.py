@@ -18,7 +18,7 @@ from torch import nn
 import resnet_fused
 from resnet_fused import FusedResNet, fuse
 from resnet_fused.fused import FusedConvBNAct
-from resnet_fused.testing import randomize_batchnorm_, relative_error, tolerance
+from resnet_fused.testing import import_or_skip, randomize_batchnorm_, relative_error, tolerance
 
 CL = torch.channels_last
 NUM_CLASSES = 10
@@ -447,7 +447,7 @@ def test_fuse_bad_arguments(zoo):
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_fuse_torchvision(name, generator):
-    tv = pytest.importorskip("torchvision")
+    tv = import_or_skip("torchvision")
     model = randomize_batchnorm_(getattr(tv.models, name)(num_classes=NUM_CLASSES), generator)
     model.eval()
     x = torch.randn(1, 3, 64, 64, generator=generator)
@@ -458,7 +458,7 @@ def test_fuse_torchvision(name, generator):
 
 
 def test_fuse_timm(generator):
-    timm = pytest.importorskip("timm")
+    timm = import_or_skip("timm")
     model = timm.create_model("resnet50", pretrained=False, num_classes=NUM_CLASSES)
     model = randomize_batchnorm_(model, generator).eval()
     x = torch.randn(1, 3, 64, 64, generator=generator)

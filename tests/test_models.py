@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import resnet_fused
-from resnet_fused.testing import randomize_batchnorm_
+from resnet_fused.testing import import_or_skip, randomize_batchnorm_
 
 ARCHS = {
     "resnet18": ("basic", [2, 2, 2, 2]),
@@ -161,7 +161,7 @@ def test_bad_num_classes(bad):
 
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_same_state_dict_as_torchvision(name, models):
-    tv = pytest.importorskip("torchvision")
+    tv = import_or_skip("torchvision")
     ref = getattr(tv.models, name)(weights=None).state_dict()
     ours = models[name].state_dict()
     assert list(ours) == list(ref)
@@ -170,7 +170,7 @@ def test_same_state_dict_as_torchvision(name, models):
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_torchvision_weights_load_strictly_and_match(name, generator):
-    tv = pytest.importorskip("torchvision")
+    tv = import_or_skip("torchvision")
     ref = randomize_batchnorm_(getattr(tv.models, name)(weights=None), generator).eval()
     ours = getattr(resnet_fused, name)(weights=ref.state_dict()).eval()
     x = torch.randn(2, 3, 64, 64, generator=generator)
@@ -179,7 +179,7 @@ def test_torchvision_weights_load_strictly_and_match(name, generator):
 
 
 def test_timm_weights_load_strictly(generator):
-    timm = pytest.importorskip("timm")
+    timm = import_or_skip("timm")
     ref = randomize_batchnorm_(timm.create_model("resnet50", pretrained=False), generator).eval()
     ours = resnet_fused.resnet50(weights=ref.state_dict()).eval()
     x = torch.randn(1, 3, 64, 64, generator=generator)
@@ -320,3 +320,20 @@ def test_weights_missing_file(tmp_path):
 def test_weights_bad_type(bad):
     with pytest.raises(TypeError, match="weights"):
         resnet_fused.resnet18(weights=bad)
+
+
+def test_a_broken_optional_import_skips_with_its_reason(monkeypatch):
+    """A torchvision built for another torch raises RuntimeError at import (not ImportError):
+    the optional tests must skip, saying why, instead of failing."""
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name, *args):
+        if name == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(pytest.skip.Exception, match="RuntimeError: operator torchvision::nms"):
+        import_or_skip("torchvision")

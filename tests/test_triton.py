@@ -31,6 +31,7 @@ from resnet_fused.testing import (
     reference_dtype,
     relative_error,
     tolerance,
+    try_import,
 )
 from resnet_fused.triton import configs
 from resnet_fused.triton.conv_bn_act import _conv_bn_act_kernel
@@ -543,11 +544,8 @@ def test_opcheck_gpu(no_autotune, generator):
 
 
 def _resnet50():
-    try:
-        import torchvision
-    except ImportError:
-        return resnet_fused.resnet50()
-    return torchvision.models.resnet50()
+    torchvision, _ = try_import("torchvision")  # any import failure: this package's model
+    return (torchvision.models if torchvision else resnet_fused).resnet50()
 
 
 @pytest.mark.gpu
