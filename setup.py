@@ -185,7 +185,7 @@ def _extension():
     sm90_code, sm90_why = _sm90_wanted()
     if sm90_code == 0:
         print(f"resnet_fused: building the sm_90a CUTLASS kernels ({sm90_why}; "
-              f"{len(SM90_SOURCES)} translation units, about 1.5 min and 4 GB each).")
+              f"{len(SM90_SOURCES)} translation units, 1-2 min and ~4 GB each).")
         sm90_flags = ["-DRESNET_FUSED_WITH_SM90"]
     else:
         print(f"resnet_fused: NOT building the sm_90a CUTLASS kernels: {sm90_why}. The CUDA "
