@@ -3,7 +3,11 @@
 #
 #  1. nvcc -c every torch-free kernel translation unit (csrc/cuda/*.cu) for sm_80 (A100) and
 #     sm_90a (H100) with setup.py's nvcc flags; ptxas register-spill reports are shown.
-#  2. g++ -fsyntax-only the binding (csrc/cuda/*.cpp) against the installed torch's headers, which
+#  2. nvcc -c the sm_90a CUTLASS translation units (csrc/sm90/*.cu) for sm_90a only, with
+#     setup.py's flags for them (-DNDEBUG, CUTLASS's headers as system includes) and warnings as
+#     errors; skipped with a line saying so when no CUTLASS headers are found ($CUTLASS_PATH, or
+#     the `nvidia-cutlass` package of the `python` on PATH). Each takes ~1.5 min and ~4 GB.
+#  3. g++ -fsyntax-only the binding (csrc/cuda/*.cpp) against the installed torch's headers, which
 #     ship ATen/c10 CUDA headers even in CPU wheels. Two shims make that possible there:
 #     C10_CUDA_NO_CMAKE_CONFIGURE_FILE (the CPU wheel lacks c10/cuda/impl/cuda_cmake_macros.h) and
 #     /usr/local/cuda/include for cuda_runtime.h. Skipped (with a note) when torch is not importable.
@@ -52,6 +56,26 @@ for src in "${cu_files[@]}"; do
   done
 done
 
+sm90_files=(csrc/sm90/*.cu)
+CUTLASS_ROOT="${CUTLASS_PATH:-$(python -c 'import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), "source"))' 2>/dev/null || true)}"
+if [[ ${#sm90_files[@]} -gt 0 && ( -z "$CUTLASS_ROOT" || ! -f "$CUTLASS_ROOT/include/cutlass/cutlass.h" ) ]]; then
+  echo "skip  ${sm90_files[*]}: no CUTLASS headers (set CUTLASS_PATH or pip install nvidia-cutlass)"
+else
+  SM90_FLAGS=(-std=c++17 -O3 -DNDEBUG --use_fast_math --expt-relaxed-constexpr -lineinfo -Xcompiler -fPIC
+              -isystem "$CUTLASS_ROOT/include" -isystem "$CUTLASS_ROOT/tools/util/include"
+              -Werror all-warnings -Xptxas -warn-spills -gencode arch=compute_90a,code=sm_90a)
+  for src in "${sm90_files[@]}"; do
+    obj="$TMP/$(basename "$src" .cu).sm_90a.o"
+    start=$SECONDS
+    if ! log="$("$NVCC" "${SM90_FLAGS[@]}" -c "$src" -o "$obj" 2>&1)"; then
+      echo "FAIL  $src [sm_90a, CUTLASS]"
+      echo "$log"
+      exit 1
+    fi
+    echo "ok    $src [sm_90a, CUTLASS] ($((SECONDS - start)) s, $(stat -c %s "$obj") bytes)"
+  done
+fi
+
 if ! TORCH_INC="$(python -c 'import torch.utils.cpp_extension as c; print(" ".join(c.include_paths()))' 2>/dev/null)"; then
   echo "skip  ${cpp_files[*]}: torch is not importable, no headers to check the binding against"
   exit 0
@@ -59,13 +83,16 @@ fi
 PY_INC="$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
 inc_flags=()
 for d in $TORCH_INC "$CUDA_HOME/include" "$PY_INC"; do inc_flags+=(-isystem "$d"); done
+# The binding twice: as built without and with the sm_90a kernels (both #ifdef branches).
 for src in "${cpp_files[@]}"; do
-  start=$SECONDS
-  if ! log="$(g++ -fsyntax-only -std=c++17 -Wall -Wextra -Werror -DRESNET_FUSED_WITH_CUDA \
-                -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE "${inc_flags[@]}" "$src" 2>&1)"; then
-    echo "FAIL  $src [g++ -fsyntax-only]"
-    echo "$log"
-    exit 1
-  fi
-  echo "ok    $src [g++ -fsyntax-only, torch headers] ($((SECONDS - start)) s)"
+  for variant in -DRESNET_FUSED_SM90_ABSENT=3 -DRESNET_FUSED_WITH_SM90; do
+    start=$SECONDS
+    if ! log="$(g++ -fsyntax-only -std=c++17 -Wall -Wextra -Werror -DRESNET_FUSED_WITH_CUDA "$variant" \
+                  -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE "${inc_flags[@]}" "$src" 2>&1)"; then
+      echo "FAIL  $src [g++ -fsyntax-only $variant]"
+      echo "$log"
+      exit 1
+    fi
+    echo "ok    $src [g++ -fsyntax-only $variant, torch headers] ($((SECONDS - start)) s)"
+  done
 done

@@ -6,9 +6,10 @@
 #      venv between local runs),
 #   2. copies the working tree (tracked + untracked-but-not-ignored files, exactly what the device
 #      tool ships) to a scratch folder, so the CPU job's `_C` in the repository is never touched,
-#   3. builds the FULL extension there (C++ CPU ops + CUDA kernels, sm_80 and sm_90a) with nvcc,
+#   3. builds the FULL extension there (C++ CPU ops + CUDA kernels, sm_80 and sm_90a, and the
+#      sm_90a CUTLASS kernels from the pinned nvidia-cutlass headers) with nvcc,
 #   4. checks the build: `_C` is an abi3 module, imports, and says "built, but no CUDA device";
-#      the SASS has tensor-core MMAs (HMMA) and no local-memory spills,
+#      the SASS has tensor-core MMAs (HMMA), warpgroup MMAs (HGMMA) for sm_90a, no local memory,
 #   5. runs the whole test suite (CPU and Triton-interpreter tiers) against it,
 #   6. keeps the built `_C.abi3.so` in $PREBUILT_DIR: benchmarks/gpu_session.sh ships exactly
 #      this file to the GPU machine (the device tool's `carry`), so the GPU runs what CI built.
@@ -32,6 +33,9 @@ fi
 PY=$VENV/bin/python
 "$PY" -m pip install -q --disable-pip-version-check torch==2.11.0 setuptools wheel ninja \
   numpy tqdm pytest pytest-benchmark safetensors
+# CUTLASS's headers for the sm_90a kernels (pyproject's `cuda` extra); --no-deps: only the headers
+# are used, not the package's Python tooling (cuda-python, scipy, ...).
+"$PY" -m pip install -q --disable-pip-version-check --no-deps nvidia-cutlass==4.2.0.0
 "$PY" - <<'EOF'
 import torch, triton
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}")
@@ -48,11 +52,13 @@ cd "$SCRATCH"
 phase "build: TORCH_CUDA_ARCH_LIST=$ARCHS, nvcc $(nvcc --version | tail -n 1)"
 build_log=$SCRATCH/build.log
 if ! /usr/bin/time -v env MAX_JOBS=${MAX_JOBS:-2} TORCH_CUDA_ARCH_LIST="$ARCHS" \
-    "$PY" -m pip install --no-build-isolation --no-deps -e . > "$build_log" 2>&1; then
+    "$PY" -m pip install -v --no-build-isolation --no-deps -e . > "$build_log" 2>&1; then
   tail -n 200 "$build_log"
   exit 1
 fi
 grep -E "Maximum resident set size|Elapsed \(wall" "$build_log" | sed 's/^\s*/   build: /'
+# setup.py's own lines: what was built and why, and each sm_90a CUTLASS unit's time and memory.
+grep -E "^\s*resnet_fused: " "$build_log" | sed 's/^\s*/   /' || true
 SO=$(ls resnet_fused/_C*.so)
 echo "   built $SO ($(du -h "$SO" | cut -f1))"
 [[ $SO == resnet_fused/_C.abi3.so ]] || { echo "FAIL: $SO is not an abi3 module"; exit 1; }
@@ -66,7 +72,7 @@ assert status["cuda"] == "built, but no CUDA device is visible", status["cuda"]
 EOF
 
 phase "SASS check (tensor-core MMAs, no local memory)"
-"$PY" "$ROOT/.ci/check_sass.py" "$SO"
+"$PY" "$ROOT/.ci/check_sass.py" "$SO" --require-hgmma sm_90a
 
 phase "whole test suite (CPU + Triton interpreter tiers) on torch 2.11 / triton 3.6"
 "$PY" -m pytest -q -p no:cacheprovider

@@ -18,4 +18,27 @@ TORCH_LIBRARY(resnet_fused, m) {
       "int[2] stride, int[2] padding, bool relu) -> Tensor");
   // y = relu(x + residual); the output has x's memory format.
   m.def("add_relu(Tensor x, Tensor residual) -> Tensor");
+
+  // --- CUDA implementations, by name (csrc/impls.h) ---------------------------------------------
+  // conv_bn_act through one named CUDA implementation ("mma_sync", "sm90_cutlass" or
+  // "sm90_cutlass:<config>"), for the per-shape tuner. Raises for an unknown name, one this build
+  // lacks, or a call the implementation cannot take (saying why). CUDA only.
+  m.def(
+      "conv_bn_act_cuda_impl(Tensor input, Tensor weight, Tensor scale, Tensor shift, "
+      "Tensor? residual, int[2] stride, int[2] padding, bool relu, str impl) -> Tensor");
+  // "" when `impl` can take this call on the tensors' device, else why not (also when the build
+  // lacks it). Raises only for an unknown name. CUDA only.
+  m.def(
+      "cuda_impl_supports(Tensor input, Tensor weight, Tensor? residual, int[2] stride, "
+      "int[2] padding, str impl) -> str");
+  // The implementation names this build can run; answered on any machine (no tensors).
+  m.def("cuda_impls() -> str[]");
+  // "built", or "absent: <why>" (e.g. no CUTLASS headers at build time); any machine.
+  m.def("cuda_impl_status(str impl) -> str");
+  // Debug/test: the host-side plan of the sm90 CUTLASS conv (csrc/sm90/conv_plan.h) as
+  // "key=value" strings, for a problem given by sizes; `sm` is the compute capability
+  // (major * 10 + minor), `config` a configuration name or "" for the family default.
+  m.def(
+      "_sm90_conv_plan(int[] input_size, int[] weight_size, int[] stride, int[] padding, "
+      "ScalarType dtype, bool residual, bool relu, int sm, str config) -> str[]");
 }

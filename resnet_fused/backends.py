@@ -60,6 +60,27 @@ def backend_status() -> dict[str, str]:
     return status
 
 
+# The sm_90a CUTLASS kernels are compiled and unit-tested host-side only so far.
+SM90_NOT_RUN_NOTE = "compiled and host-side tested; has not run on a GPU yet"
+
+
+def cuda_implementations() -> dict[str, str]:
+    """The CUDA backend's implementations mapped to ``"built"`` or why this build lacks them.
+
+    ``mma_sync`` is the hand-written kernel (sm_80+); ``sm90_cutlass`` the sm_90a CUTLASS kernels,
+    listed with their configurations. ``torch.ops.resnet_fused.conv_bn_act_cuda_impl`` runs one.
+    """
+    names = list(torch.ops.resnet_fused.cuda_impls())
+    out = {}
+    for impl in ("mma_sync", "sm90_cutlass"):
+        status = torch.ops.resnet_fused.cuda_impl_status(impl)
+        if status == "built" and impl == "sm90_cutlass":
+            configs = [n.split(":", 1)[1] for n in names if n.startswith("sm90_cutlass:")]
+            status = f"built, configs {', '.join(configs)} ({SM90_NOT_RUN_NOTE})"
+        out[impl] = status
+    return out
+
+
 def available_backends() -> list[str]:
     """The backends this install can run now, e.g. ``['cpu', 'aten']`` on a CPU-only machine."""
     return [name for name, why in backend_status().items() if why == "available"]

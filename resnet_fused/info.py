@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from .backends import backend_status
+from .backends import backend_status, cuda_implementations
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,4 +41,7 @@ def run(args: argparse.Namespace | None = None) -> int:
     print("\nbackends:")
     for name, why in backend_status().items():
         print(f"  {name:<7} {why}")
+    print("\ncuda implementations (this build):")
+    for name, status in cuda_implementations().items():
+        print(f"  {name:<12} {status}")
     return 0

@@ -93,6 +93,12 @@ def _conv_bn_act_fake(input, weight, scale, shift, residual, stride, padding, re
     )
 
 
+@torch.library.register_fake("resnet_fused::conv_bn_act_cuda_impl")
+def _conv_bn_act_cuda_impl_fake(input, weight, scale, shift, residual, stride, padding, relu, impl):
+    # Every implementation returns what conv_bn_act returns (the impl name changes no shape).
+    return _conv_bn_act_fake(input, weight, scale, shift, residual, stride, padding, relu)
+
+
 @torch.library.register_fake("resnet_fused::add_relu")
 def _add_relu_fake(x, residual):
     check_add_relu_args(x, residual)

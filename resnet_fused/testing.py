@@ -8,6 +8,7 @@ BatchNorm, mean 0 and var 1, hides folding bugs). NaN never passes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
@@ -119,3 +120,38 @@ def import_or_skip(name: str):
 
         pytest.skip(why)
     return module
+
+
+@functools.cache
+def resnet_conv_shapes(
+    depths: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"),
+    batch: int = 1,
+    size: int = 224,
+) -> tuple[tuple, ...]:
+    """Every distinct conv of this package's ResNets at ``size`` x ``size``, found by running the
+    models on the meta device: ``(input size, weight size, stride, padding, residual)`` tuples,
+    where ``residual`` says the fused model adds the skip path in that conv (each block's last)."""
+    from . import models
+
+    shapes = set()
+    for depth in depths:
+        with torch.device("meta"):
+            model = getattr(models, depth)().eval()
+        takes_residual = set()
+        for m in model.modules():
+            last = getattr(m, "conv3", None) or (getattr(m, "conv2", None) if hasattr(m, "bn2")
+                                                 else None)
+            if last is not None:
+                takes_residual.add(id(last))
+
+        def hook(mod, args, _out, takes_residual=takes_residual):
+            shapes.add((tuple(args[0].shape), tuple(mod.weight.shape), tuple(mod.stride),
+                        tuple(mod.padding), id(mod) in takes_residual))
+
+        hooks = [m.register_forward_hook(hook) for m in model.modules()
+                 if isinstance(m, nn.Conv2d)]
+        with torch.no_grad():
+            model(torch.empty(batch, 3, size, size, device="meta"))
+        for h in hooks:
+            h.remove()
+    return tuple(sorted(shapes))

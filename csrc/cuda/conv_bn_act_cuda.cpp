@@ -18,12 +18,18 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "../checks.h"
+#include "../impls.h"
+#include "../sm90/conv_plan.h"
 #include "add_relu_kernel.h"
 #include "conv_bn_act_kernel.h"
+#ifdef RESNET_FUSED_WITH_SM90
+#include "../sm90/cutlass_conv.h"
+#endif
 
 namespace resnet_fused {
 namespace {
@@ -200,6 +206,126 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& input, const at::Tensor& weight,
   return out;
 }
 
+// --- conv_bn_act through a named implementation (csrc/impls.h) ----------------------------------
+
+// The sm90 plan of a call (shapes only; see csrc/sm90/conv_plan.h).
+sm90::ConvPlan sm90_plan(const at::Tensor& input, const at::Tensor& weight, bool residual,
+                         at::IntArrayRef stride, at::IntArrayRef padding, bool relu, int config) {
+  sm90::ConvProblem p;
+  p.n = input.size(0);
+  p.c = input.size(1);
+  p.h = input.size(2);
+  p.w = input.size(3);
+  p.k = weight.size(0);
+  p.r = weight.size(2);
+  p.s = weight.size(3);
+  p.stride_h = stride[0];
+  p.stride_w = stride[1];
+  p.pad_h = padding[0];
+  p.pad_w = padding[1];
+  p.dtype = kernel_dtype(input.scalar_type());
+  p.residual = residual;
+  p.relu = relu;
+  p.sm = device_info(input.device().index()).sm;
+  return sm90::plan_conv(p, config);
+}
+
+// A contiguous fp32 vector whose data pointer is 16-byte aligned (the epilogue reads 16 bytes).
+at::Tensor aligned_vector(const at::Tensor& t) {
+  at::Tensor out = t.contiguous();
+  if (!aligned16(out)) out = out.clone();
+  return out;
+}
+
+#ifdef RESNET_FUSED_WITH_SM90
+static_assert(sm90::kNumConfigs == 4, "one csrc/sm90/cutlass_conv_config<i>.cu per configuration");
+
+const char* sm90_launch(const sm90::ConvPlan& plan, const sm90::ConvPointers& ptrs,
+                        cudaStream_t stream) {
+  switch (plan.config) {
+    case 0: return sm90::launch_config<0>(plan, ptrs, stream);
+    case 1: return sm90::launch_config<1>(plan, ptrs, stream);
+    case 2: return sm90::launch_config<2>(plan, ptrs, stream);
+    case 3: return sm90::launch_config<3>(plan, ptrs, stream);
+    default: return "sm90_cutlass: no such configuration";
+  }
+}
+#endif
+
+at::Tensor conv_bn_act_sm90(const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& scale, const at::Tensor& shift,
+                            const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
+                            at::IntArrayRef padding, bool relu, int config,
+                            const std::string& name) {
+  const std::string absent = impl_absent_reason(CudaImpl::kSm90Cutlass);
+  TORCH_CHECK(absent.empty(), "conv_bn_act_cuda_impl: '", name, "' is not in this build: ",
+              absent);
+  const auto out_sizes =
+      check_conv_bn_act_args(input, weight, scale, shift, residual, stride, padding);
+  TORCH_CHECK(input.is_cuda(), "conv_bn_act_cuda_impl: input must be a CUDA tensor, got ",
+              input.device());
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor out = empty_channels_last(out_sizes, input.options());
+  if (out.numel() == 0) return out;  // N == 0: nothing to launch
+  const sm90::ConvPlan plan =
+      sm90_plan(input, weight, residual.has_value(), stride, padding, relu, config);
+  TORCH_CHECK(plan.ok, "conv_bn_act_cuda_impl: '", name, "' cannot take this call: ", plan.why);
+#ifdef RESNET_FUSED_WITH_SM90
+  // The operands as the plan lays them out: dense NHWC / KRSC, channels padded to c_padded (the
+  // stem's 3 -> 8, one small copy per call), 16-byte aligned data pointers (TMA needs them).
+  const at::Tensor x = plan.pad_channels ? pad_channels(input, plan.c_padded) : nhwc_aligned(input);
+  const at::Tensor w =
+      plan.pad_channels ? pad_channels(weight, plan.c_padded) : nhwc_aligned(weight);
+  at::Tensor res;
+  if (residual.has_value()) res = nhwc_aligned(*residual);
+  const at::Tensor scale_a = aligned_vector(scale);
+  const at::Tensor shift_a = aligned_vector(shift);
+  sm90::ConvPointers ptrs;
+  ptrs.input = x.const_data_ptr();
+  ptrs.weight = w.const_data_ptr();
+  ptrs.scale = scale_a.const_data_ptr<float>();
+  ptrs.shift = shift_a.const_data_ptr<float>();
+  ptrs.residual = res.defined() ? res.const_data_ptr() : nullptr;
+  ptrs.output = out.mutable_data_ptr();
+  const char* err = sm90_launch(plan, ptrs, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == nullptr, "conv_bn_act_cuda_impl: ", err);
+#endif
+  return out;
+}
+
+at::Tensor conv_bn_act_cuda_impl(const at::Tensor& input, const at::Tensor& weight,
+                                 const at::Tensor& scale, const at::Tensor& shift,
+                                 const std::optional<at::Tensor>& residual,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, bool relu,
+                                 c10::string_view impl) {
+  const std::string name(impl);
+  const ImplChoice choice = parse_impl(name);
+  if (choice.impl == CudaImpl::kMmaSync) {
+    return conv_bn_act_cuda(input, weight, scale, shift, residual, stride, padding, relu);
+  }
+  return conv_bn_act_sm90(input, weight, scale, shift, residual, stride, padding, relu,
+                          choice.config, name);
+}
+
+std::string cuda_impl_supports(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
+                               at::IntArrayRef padding, c10::string_view impl) {
+  const ImplChoice choice = parse_impl(std::string(impl));
+  const std::string absent = impl_absent_reason(choice.impl);
+  if (!absent.empty()) return "not in this build: " + absent;
+  if (choice.impl == CudaImpl::kMmaSync) return "";  // takes every valid call (slow fallbacks)
+  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4 && stride.size() == 2 && padding.size() == 2,
+              "cuda_impl_supports: input and weight must be 4-D, stride and padding pairs");
+  TORCH_CHECK(input.is_cuda(), "cuda_impl_supports: input must be a CUDA tensor, got ",
+              input.device());
+  if (!is_supported_dtype(input.scalar_type())) return "unsupported dtype";
+  if (input.size(0) == 0) return "";  // nothing to launch: every implementation returns empty
+  const sm90::ConvPlan plan =
+      sm90_plan(input, weight, residual.has_value(), stride, padding, /*relu=*/true,
+                choice.config);
+  return plan.ok ? "" : plan.why;
+}
+
 at::Tensor add_relu_cuda(const at::Tensor& x, const at::Tensor& residual) {
   check_add_relu_args(x, residual);
   TORCH_CHECK(x.is_cuda(), "add_relu (cuda): x must be a CUDA tensor, got ", x.device());
@@ -230,6 +356,8 @@ at::Tensor add_relu_cuda(const at::Tensor& x, const at::Tensor& residual) {
 TORCH_LIBRARY_IMPL(resnet_fused, CUDA, m) {
   m.impl("conv_bn_act", &conv_bn_act_cuda);
   m.impl("add_relu", &add_relu_cuda);
+  m.impl("conv_bn_act_cuda_impl", &conv_bn_act_cuda_impl);
+  m.impl("cuda_impl_supports", &cuda_impl_supports);
 }
 
 }  // namespace resnet_fused

@@ -1,0 +1,227 @@
+// The sm_90a fused conv on CUTLASS 3.x: implicit-GEMM conv fprop with TMA loads (im2col for the
+// activations, tiled for the filters), the warp-specialized warpgroup-MMA (wgmma) mainloop, and an
+// epilogue visitor tree computing
+//     out = act(scale[k] * acc + shift[k] (+ residual))
+// in fp32 on the accumulators, stored in fp16/bf16 through shared memory by TMA (full 128-byte
+// lines). Included only by the per-configuration translation units cutlass_conv_config<i>.cu,
+// which setup.py compiles with -gencode arch=compute_90a,code=sm_90a and -DNDEBUG (without it,
+// device asserts stay in and ptxas serializes the wgmma ops).
+//
+// Everything about the problem comes from the host-side ConvPlan (conv_plan.h): shapes, strides,
+// padding, the configuration and the epilogue variant. This file only maps a plan onto CUTLASS's
+// argument structures and checks that CUTLASS agrees with the plan.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdio>
+
+// cutlass.h and kernel_hardware_info.hpp first: the conv collective headers use them unincluded.
+#include "cutlass/cutlass.h"
+#include "cutlass/kernel_hardware_info.hpp"
+
+#include "cute/tensor.hpp"
+#include "cutlass/conv/collective/collective_builder.hpp"
+#include "cutlass/conv/convnd_problem_shape.hpp"
+#include "cutlass/conv/convolution.h"
+#include "cutlass/conv/device/conv_universal_adapter.hpp"
+#include "cutlass/conv/dispatch_policy.hpp"
+#include "cutlass/conv/kernel/conv_universal.hpp"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/numeric_types.h"
+
+#include "cutlass_conv.h"
+
+namespace resnet_fused {
+namespace sm90 {
+namespace detail {
+
+// ReLU chosen at run time (one instantiation serves relu and no-relu). NaN propagates, as
+// torch.relu does: a NaN is not < 0, so it passes through.
+template <class T>
+struct ReluIf {
+  struct Arguments {
+    bool enabled = true;
+  };
+  CUTLASS_HOST_DEVICE T operator()(T const& v, Arguments const& args) const {
+    return (args.enabled && v < T(0)) ? T(0) : v;
+  }
+};
+template <class T, int N>
+struct ReluIf<cutlass::Array<T, N>> {
+  using Arguments = typename ReluIf<T>::Arguments;
+  CUTLASS_HOST_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& v,
+                                                      Arguments const& args) const {
+    cutlass::Array<T, N> out;
+    ReluIf<T> op;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) out[i] = op(v[i], args);
+    return out;
+  }
+};
+
+// The kernel of configuration `Config` (kConfigs[Config]) for `Element` (half_t or bfloat16_t),
+// with the residual as the epilogue's source tensor C or without any source.
+template <class Element, int Config, bool kResidual>
+struct ConvKernel {
+  static constexpr TileConfig kCfg = kConfigs[Config];
+  using TileShape = cute::Shape<cute::Int<kCfg.tile_m>, cute::Int<kCfg.tile_n>,
+                                cute::Shape<cute::Int<kCfg.tile_k>>>;
+  using ClusterShape = cute::Shape<cute::Int<kCfg.cluster_m>, cute::Int<kCfg.cluster_n>, cute::_1>;
+  static constexpr int kAlignment = 128 / cutlass::sizeof_bits<Element>::value;  // 16 bytes
+  using Layout = cutlass::layout::TensorNHWC;  // NHWC activations, KRSC filters, NPQK output
+  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+  // The epilogue visitor tree. GEMM N is the output channel, so the per-channel vectors are
+  // row broadcasts (one value per column), read as 16-byte fp32 vectors.
+  using ChannelVector = cutlass::epilogue::fusion::Sm90RowBroadcast<
+      0, TileShape, float, float, cute::Stride<cute::_0, cute::_1, int64_t>, 4>;
+  using ScaleShift = cutlass::epilogue::fusion::Sm90EVT<  // scale[k] * acc + shift[k]
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float,
+                                             kRound>,
+      ChannelVector, cutlass::epilogue::fusion::Sm90AccFetch, ChannelVector>;
+  using WithResidual = cutlass::epilogue::fusion::Sm90EVT<  // residual + (scale * acc + shift)
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
+      cutlass::epilogue::fusion::Sm90SrcFetch<Element>, ScaleShift>;
+  using Fusion = cutlass::epilogue::fusion::Sm90EVT<
+      cutlass::epilogue::fusion::Sm90Compute<ReluIf, Element, float, kRound>,
+      cute::conditional_t<kResidual, WithResidual, ScaleShift>>;
+  // No residual: no source tensor at all (ElementC = void), so nothing is loaded for it.
+  using ElementC = cute::conditional_t<kResidual, Element, void>;
+
+  // The epilogue schedule is named (the automatic choice has no fusion support) and matches the
+  // non-persistent kernel schedule, the only one CUTLASS's sm90 conv kernel takes.
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC, Layout, kAlignment,
+      Element, Layout, kAlignment, cutlass::epilogue::TmaWarpSpecialized, Fusion>::CollectiveOp;
+  using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop,
+      Element, Layout, kAlignment, Element, Layout, kAlignment, float, TileShape, ClusterShape,
+      cutlass::conv::collective::StageCountAutoCarveout<
+          static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+  using Problem = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, 2>;
+  using Kernel = cutlass::conv::kernel::ConvUniversal<Problem, Mainloop, Epilogue>;
+  using Op = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
+};
+
+inline const char* error_message(const char* what, cudaError_t err) {
+  thread_local char buf[256];
+  std::snprintf(buf, sizeof(buf), "%s (CUDA error: %s)", what, cudaGetErrorString(err));
+  return buf;
+}
+
+// CUTLASS's problem, built from the plan.
+template <class K>
+typename K::Problem make_problem(const ConvPlan& plan) {
+  typename K::Problem::TensorExtent act{}, flt{};
+  typename K::Problem::TensorStride act_stride{}, flt_stride{};
+  for (int i = 0; i < 4; ++i) {
+    act[i] = plan.act_shape[i];
+    flt[i] = plan.flt_shape[i];
+    act_stride[i] = plan.act_stride[i];
+    flt_stride[i] = plan.flt_stride[i];
+  }
+  typename K::Problem::SpatialExtent lower{}, upper{}, stride{}, dilation{};
+  for (int i = 0; i < 2; ++i) {
+    lower[i] = plan.lower_padding[i];
+    upper[i] = plan.upper_padding[i];
+    stride[i] = plan.traversal_stride[i];
+    dilation[i] = plan.dilation[i];
+  }
+  return typename K::Problem(cutlass::conv::Mode::kCrossCorrelation, act, act_stride, flt,
+                             flt_stride, lower, upper, stride, dilation, /*groups=*/1);
+}
+
+template <class K>
+const char* run(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
+  using Element = typename K::Mainloop::ElementA;
+  const typename K::Problem problem = make_problem<K>(plan);
+  for (int i = 0; i < 4; ++i) {
+    if (problem.shape_C[i] != plan.out_shape[i] || problem.stride_C[i] != plan.out_stride[i]) {
+      return "sm90_cutlass: CUTLASS's output geometry differs from the plan's (a plan bug)";
+    }
+  }
+
+  typename K::Kernel::StrideD stride_d{};
+  cute::get<0, 0>(stride_d) = plan.epi_stride_qpn[0];
+  cute::get<0, 1>(stride_d) = plan.epi_stride_qpn[1];
+  cute::get<0, 2>(stride_d) = plan.epi_stride_qpn[2];
+  typename K::Kernel::StrideC stride_c{};
+  cute::get<0, 0>(stride_c) = plan.epi_stride_qpn[0];
+  cute::get<0, 1>(stride_c) = plan.epi_stride_qpn[1];
+  cute::get<0, 2>(stride_c) = plan.epi_stride_qpn[2];
+
+  // Epilogue visitor-tree arguments: children first, then the node's own (see ConvKernel).
+  using VectorArgs = typename K::ChannelVector::Arguments;
+  const VectorArgs scale{ptrs.scale, 0.f, {}};
+  const VectorArgs shift{ptrs.shift, 0.f, {}};
+  const typename K::ScaleShift::Arguments scale_shift{scale, {}, shift, {}};
+  typename K::Fusion::Arguments fusion{};
+  const typename ReluIf<float>::Arguments relu{plan.relu};
+  if constexpr (cute::is_same_v<typename K::ElementC, void>) {
+    fusion = {scale_shift, relu};
+  } else {
+    fusion = {{{}, scale_shift, {}}, relu};
+  }
+  using PtrC = cute::conditional_t<cute::is_same_v<typename K::ElementC, void>, void const*,
+                                   Element const*>;
+  typename K::Op::Arguments args{
+      problem,
+      {static_cast<Element const*>(ptrs.input), static_cast<Element const*>(ptrs.weight)},
+      {fusion, static_cast<PtrC>(ptrs.residual), stride_c,
+       static_cast<Element*>(ptrs.output), stride_d}};
+
+  typename K::Op op;
+  if (K::Op::get_workspace_size(args) != 0) {
+    return "sm90_cutlass: this configuration asks for a workspace, which the binding does not "
+           "allocate";
+  }
+  if (op.can_implement(args) != cutlass::Status::kSuccess) {
+    return "sm90_cutlass: CUTLASS rejects a problem the plan accepted (a plan bug)";
+  }
+  if (op.initialize(args, nullptr, stream) != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: CUTLASS could not initialize the kernel (TMA "
+                         "descriptors or shared-memory setup)", cudaGetLastError());
+  }
+  if (op.run(stream) != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: kernel launch failed", cudaGetLastError());
+  }
+  return nullptr;
+}
+
+template <int Config>
+const char* launch(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
+  const bool bf16 = plan.dtype == cuda::DType::kBFloat16;
+  if (plan.dtype != cuda::DType::kBFloat16 && plan.dtype != cuda::DType::kFloat16) {
+    return "sm90_cutlass: float16 and bfloat16 only";
+  }
+  if (plan.residual) {
+    if constexpr (kConfigs[Config].residual_variant) {
+      return bf16 ? run<ConvKernel<cutlass::bfloat16_t, Config, true>>(plan, ptrs, stream)
+                  : run<ConvKernel<cutlass::half_t, Config, true>>(plan, ptrs, stream);
+    } else {
+      return "sm90_cutlass: this configuration has no residual epilogue";
+    }
+  }
+  return bf16 ? run<ConvKernel<cutlass::bfloat16_t, Config, false>>(plan, ptrs, stream)
+              : run<ConvKernel<cutlass::half_t, Config, false>>(plan, ptrs, stream);
+}
+
+}  // namespace detail
+}  // namespace sm90
+}  // namespace resnet_fused
+
+// Defines launch_config<I> (declared in cutlass_conv.h) in a configuration's translation unit.
+#define RESNET_FUSED_SM90_CONFIG_TU(I)                                                  \
+  namespace resnet_fused {                                                              \
+  namespace sm90 {                                                                      \
+  template <>                                                                           \
+  const char* launch_config<I>(const ConvPlan& plan, const ConvPointers& ptrs,          \
+                               cudaStream_t stream) {                                   \
+    return detail::launch<I>(plan, ptrs, stream);                                       \
+  }                                                                                     \
+  }                                                                                     \
+  }

@@ -1,0 +1,6 @@
+// Configuration 3 of kConfigs (csrc/sm90/conv_plan.h): fp16 and bf16, without a residual (the stem has none).
+// One configuration per translation unit bounds nvcc's memory and lets the build run them in
+// parallel.
+#include "cutlass_conv.cuh"
+
+RESNET_FUSED_SM90_CONFIG_TU(3)
