@@ -168,7 +168,9 @@ def _extension():
     cpu_sources = ["csrc/ops.cpp", "csrc/impls.cpp", *sorted(glob.glob("csrc/cpu/*.cpp")),
                    *sorted(glob.glob("csrc/sm90/*.cpp"))]
     # -fopenmp: at::parallel_for is header-inlined. Py_LIMITED_API: see the module docstring.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
+    # No -std here: torch's BuildExtension adds the standard its headers need (C++17 up to torch
+    # 2.12, C++20 from 2.13; torch 2.14's headers no longer compile as C++17).
+    cxx_flags = ["-O3", "-fopenmp", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
     with_cuda, why = _cuda_build_wanted()
     if not with_cuda:
         print(f"resnet_fused: building the CPU ops only ({why}).")
@@ -195,7 +197,7 @@ def _extension():
         "resnet_fused._C", cpu_sources + cuda_sources,
         extra_compile_args={
             "cxx": [*cxx_flags, "-DRESNET_FUSED_WITH_CUDA", *sm90_flags],
-            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+            "nvcc": ["-O3", "--use_fast_math", "-lineinfo",
                      "-DRESNET_FUSED_WITH_CUDA", "--expt-relaxed-constexpr"],
         },
         extra_link_args=["-fopenmp"], py_limited_api=True,

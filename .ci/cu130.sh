@@ -77,6 +77,9 @@ phase "SASS check (tensor-core MMAs, no local memory)"
 phase "whole test suite (CPU + Triton interpreter tiers) on torch 2.11 / triton 3.6"
 "$PY" -m pytest -q -p no:cacheprovider
 
+phase "Triton AOT compile check with the GPU machine's Triton (sm_90: every config)"
+"$PY" .ci/compile_triton.py --arch 90 --jobs "${MAX_JOBS:-2}" | grep -E "^(sm_|FAILED|[0-9]+/[0-9]+ kernels)"
+
 mkdir -p "$PREBUILT_DIR"
 cp "$SO" "$PREBUILT_DIR/_C.abi3.so"
 "$PY" - "$PREBUILT_DIR" "$ARCHS" "$GIT_SHA" <<'EOF'

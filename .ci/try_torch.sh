@@ -18,6 +18,6 @@ trap 'rm -rf "$SCRATCH"' EXIT
 (cd "$ROOT" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$SCRATCH"
 cd "$SCRATCH"
 RESNET_FUSED_NO_CUDA=1 MAX_JOBS=2 "$VENV/bin/python" -m pip install -q --no-build-isolation \
-  --no-deps -e . > build.log 2>&1 || { tail -n 60 build.log; exit 1; }
+  --no-deps -e . > build.log 2>&1 || { grep -E "error|Error" build.log | head -n 40; exit 1; }
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider | tail -n 3
 echo "torch $VERSION: done in $((SECONDS - T0)) s"

@@ -3,7 +3,7 @@
 Variants: ``conv`` (cuDNN / oneDNN convolution alone: fusion should cost nothing on top of it),
 ``eager`` (conv -> BatchNorm -> (+ residual) -> ReLU as separate PyTorch ops) and
 ``fused-<backend>`` (``resnet_fused.ops.conv_bn_act``). Every output is checked against the fp64
-(fp32 inputs) or fp32 (fp16/bf16 inputs) reference with DESIGN.md's per-op bound before timing.
+(fp32 inputs) or fp32 (fp16/bf16 inputs) reference with docs/design.md's per-op bound before timing.
 ``extra_info``: GB/s of the minimum traffic, TFLOP/s, the roofline floor of this device (measured
 once per run) and the achieved fraction of it.
 """

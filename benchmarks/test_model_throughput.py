@@ -2,8 +2,8 @@
 
 Cases: model x batch x dtype x variant (see ``conftest.py`` for the defaults per device). Each case
 builds its variant, checks its output against the higher-precision reference (fp64 for fp32,
-fp32 for fp16/bf16; DESIGN.md's whole-model bounds) and only then times it. ``extra_info`` holds
-images/s, the relative error and the build/compile time.
+fp32 for fp16/bf16; docs/design.md's whole-model bounds) and only then times it.
+``extra_info`` holds images/s, the relative error and the build/compile time.
 """
 
 from __future__ import annotations

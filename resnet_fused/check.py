@@ -2,7 +2,7 @@
 
 Each row runs fresh random data (seeded) through one backend in one dtype: a set of conv shapes
 covering every ResNet conv family, and a whole model with non-trivial BatchNorm statistics, each
-compared with a higher-precision reference under DESIGN.md's bounds.
+compared with a higher-precision reference under docs/design.md's bounds.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Public op functions: ``conv_bn_act`` and ``add_relu``, with backend choice and fake impls.
 
-Every backend computes the same thing (DESIGN.md):
+Every backend computes the same thing (docs/design.md):
 
     y = act(scale[k] * conv(input, weight)[n, k, h, w] + shift[k] (+ residual[n, k, h, w]))
 
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import selection
 from .backends import resolve_backend
 from .checks import as_pair, check_add_relu_args, check_conv_bn_act_args
 from .reference import add_relu_reference, conv_bn_act_reference
@@ -56,6 +57,13 @@ def conv_bn_act(
     if name == "aten":
         check_conv_bn_act_args(input, weight, scale, shift, residual, stride, padding)
         return conv_bn_act_reference(input, weight, scale, shift, residual, stride, padding, relu)
+    if name == "cuda" or (backend == "auto" and input.device.type == "cuda"):
+        # Per shape, the measured fastest of the verified candidates (resnet_fused.selection).
+        check_conv_bn_act_args(input, weight, scale, shift, residual, stride, padding)
+        chosen = selection.choose("cuda" if backend == "cuda" else "auto", input, weight, scale,
+                                  shift, residual, stride, padding, relu)
+        return selection.run(chosen, input, weight, scale, shift, residual, stride, padding,
+                             relu)
     if name == "triton":
         from . import triton as _triton  # noqa: F401  (registers the Triton ops on first use)
 

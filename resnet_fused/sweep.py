@@ -3,9 +3,10 @@
 Each case draws kernel size, stride, padding, odd H/W, channel counts that are not multiples of 8
 (3 included), batch 0..300, residual/ReLU on/off, dtype and input memory format, then compares the
 backend with the reference composition in higher precision (float64 for fp32, fp32 for fp16/bf16)
-under DESIGN.md's per-op bounds. On CUDA the output memory is poisoned with NaN first (the caching
-allocator hands the freed poisoned block back), so an element the kernel fails to write fails the
-case. The same seed and size always give the same cases.
+under docs/design.md's per-op bounds. On CUDA the output memory is poisoned with NaN first (the
+caching allocator hands the freed poisoned block back), so an element the kernel fails to write
+fails the case. The same seed and size always give the same cases. ``--backends cuda`` runs each
+case through every CUDA implementation the build has that takes it (``cuda:<impl>`` rows).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import ops
+from . import ops, selection
 from .backends import BACKENDS, resolve_backend
 from .progress import progress
 from .reference import conv_bn_act_reference
@@ -76,7 +77,16 @@ def _poison_cuda_block(sizes: list[int], dtype: torch.dtype, device: torch.devic
     torch.full(sizes, float("nan"), dtype=dtype, device=device)
 
 
-def run_case(case: Case, backend: str, device: torch.device, seed: int) -> dict:
+@dataclass
+class Prepared:
+    """A case's data on the device and its reference (computed once, shared by the backends)."""
+
+    args: tuple  # conv_bn_act's (input, weight, scale, shift, residual) on the device
+    ref: torch.Tensor
+    out_sizes: tuple[int, int, int, int]
+
+
+def prepare(case: Case, device: torch.device, seed: int) -> Prepared:
     gen = torch.Generator().manual_seed(seed * 1_000_003 + case.index)
     dtype = DTYPES[case.dtype]
     x = torch.randn(case.n, case.c, case.h, case.w, generator=gen)
@@ -94,19 +104,41 @@ def run_case(case: Case, backend: str, device: torch.device, seed: int) -> dict:
                                 None if res is None else res.to(ref_dt), case.stride,
                                 case.padding, case.relu)
     fmt = torch.channels_last if case.channels_last else torch.contiguous_format
-    xd = x.to(device).contiguous(memory_format=fmt)
-    args = (xd, w.to(device), scale.to(device), shift.to(device),
-            None if res is None else res.to(device).contiguous(memory_format=fmt))
+    args = (x.to(device).contiguous(memory_format=fmt), w.to(device), scale.to(device),
+            shift.to(device), None if res is None else res.to(device).contiguous(
+                memory_format=fmt))
+    return Prepared(args, ref, (case.n, case.k, ho, wo))
+
+
+def check(case: Case, backend: str, prepared: Prepared, device: torch.device) -> dict | None:
+    """The prepared case through ``backend`` (or ``cuda:<impl>``, one CUDA implementation); None
+    when that implementation does not take the case."""
+    args, dtype = prepared.args, DTYPES[case.dtype]
+    stride, padding = list(case.stride), list(case.padding)
+    if backend.startswith("cuda:"):
+        # One CUDA implementation, by name (the sweep runs each, not just the fastest).
+        why = torch.ops.resnet_fused.cuda_impl_supports(args[0], args[1], args[4], stride,
+                                                        padding, backend.removeprefix("cuda:"))
+        if why:
+            return None  # this implementation does not take this case: not a result
     if device.type == "cuda":
-        _poison_cuda_block([case.n, case.k, ho, wo], dtype, device)
-    y = ops.conv_bn_act(*args, stride=case.stride, padding=case.padding, relu=case.relu,
-                        backend=backend)
-    err = relative_error(y.cpu(), ref) if y.numel() else 0.0
+        _poison_cuda_block(list(prepared.out_sizes), dtype, device)
+    if backend.startswith("cuda:"):
+        y = selection.run(backend, *args, stride, padding, case.relu)
+    else:
+        y = ops.conv_bn_act(*args, stride=stride, padding=padding, relu=case.relu,
+                            backend=backend)
+    err = relative_error(y.cpu(), prepared.ref) if y.numel() else 0.0
     bound = tolerance(dtype, "op", device)
     strides_ok = y.stride() == torch.empty(
         y.shape, memory_format=torch.channels_last).stride() and y.dtype == dtype
-    ok = (err <= bound) and strides_ok and tuple(y.shape) == (case.n, case.k, ho, wo)
+    ok = (err <= bound) and strides_ok and tuple(y.shape) == prepared.out_sizes
     return {**asdict(case), "backend": backend, "error": err, "bound": bound, "ok": ok}
+
+
+def run_case(case: Case, backend: str, device: torch.device, seed: int) -> dict | None:
+    """One case through one backend: :func:`prepare`, then :func:`check`."""
+    return check(case, backend, prepare(case, device, seed), device)
 
 
 # Exit statuses of `python -m resnet_fused sweep`.
@@ -141,14 +173,15 @@ def _unavailable(backends: list[str], device: torch.device) -> dict[str, str]:
 
 def summarize(results: list[dict], backends: list[str], dtypes: list[str]) -> int:
     """Prints the per-backend/dtype table and the failed cases; returns the number failed."""
-    print(f"{'backend':<8} {'dtype':<9} {'cases':>6} {'failed':>7} {'worst rel. error':>17}")
+    width = max(8, *(len(b) for b in backends))
+    print(f"{'backend':<{width}} {'dtype':<9} {'cases':>6} {'failed':>7} {'worst rel. error':>17}")
     for backend in backends:
         for dt in dtypes:
             rows = [r for r in results if r["backend"] == backend and r["dtype"] == dt]
             if rows:
                 worst = max(r["error"] for r in rows)
                 failed = sum(not r["ok"] for r in rows)
-                print(f"{backend:<8} {dt:<9} {len(rows):>6} {failed:>7} {worst:>17.3e}")
+                print(f"{backend:<{width}} {dt:<9} {len(rows):>6} {failed:>7} {worst:>17.3e}")
     failed = [r for r in results if not r["ok"]]
     for r in failed[:20]:
         print("FAILED:", {k: r[k] for k in r if k not in ("ok",)})
@@ -168,27 +201,35 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     dtypes = args.dtypes or (list(DTYPES) if device.type == "cuda" else ["float32", "bfloat16"])
     cases = draw_cases(args.cases, args.seed, dtypes)
+    # `cuda` is swept through each implementation the build has (mma.sync, each sm_90a CUTLASS
+    # configuration), so every one is validated, not only the one measured fastest per shape.
+    backends = [name for b in args.backends for name in (
+        [f"cuda:{impl}" for impl in selection._cuda_impls()] if b == "cuda" else [b])]
     results: list[dict] = []
     sink = open(args.json, "w") if args.json else None
     status = EXIT_OK
     try:
-        for backend in args.backends:
-            for case in progress(cases, f"sweep {backend} on {device}", unit="case"):
+        for case in progress(cases, f"sweep {' '.join(backends)} on {device}", unit="case"):
+            prepared = None
+            for backend in backends:
                 try:
-                    result = run_case(case, backend, device, args.seed)
+                    prepared = prepared or prepare(case, device, args.seed)
+                    result = check(case, backend, prepared, device)
                 except Exception as e:  # a crash is a failed case, reported with the case
                     result = {**asdict(case), "backend": backend, "error": math.inf,
                               "bound": 0.0, "ok": False, "exception": repr(e)}
+                if result is None:
+                    continue
                 results.append(result)
                 if sink:
                     sink.write(json.dumps(result) + "\n")
                     sink.flush()
     except KeyboardInterrupt:  # SIGINT from a step's timeout: report what finished
         print(f"\nsweep: interrupted after {len(results)} of "
-              f"{len(cases) * len(args.backends)} cases; results so far:", file=sys.stderr)
+              f"{len(cases) * len(backends)} cases; results so far:", file=sys.stderr)
         status = EXIT_INTERRUPTED
     finally:
         if sink:
             sink.close()
-    failed = summarize(results, args.backends, dtypes)
+    failed = summarize(results, backends, dtypes)
     return EXIT_FAILED if failed else status

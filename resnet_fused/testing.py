@@ -1,6 +1,6 @@
 """Numerics helpers shared by the tests, the benchmarks and ``python -m resnet_fused check``.
 
-DESIGN.md's policy: relative L2 error ``||y - ref|| / ||ref||`` against a higher-precision
+docs/design.md's policy: relative L2 error ``||y - ref|| / ||ref||`` against a higher-precision
 reference, with random inputs, weights and non-trivial BatchNorm statistics (a freshly initialised
 BatchNorm, mean 0 and var 1, hides folding bugs). NaN never passes.
 """

@@ -33,7 +33,16 @@ from torch import Tensor
 
 from .testing import relative_error
 
-__all__ = ["REJECTED", "Rejection", "cache_path", "choose", "clear", "lookup", "outside_tracing"]
+__all__ = [
+    "REJECTED",
+    "ConvProblem",
+    "Rejection",
+    "cache_path",
+    "choose",
+    "clear",
+    "lookup",
+    "outside_tracing",
+]
 
 T = TypeVar("T")
 
@@ -260,3 +269,68 @@ def lookup(namespace: str, key: Sequence, candidates: Sequence[T], device: torch
             _CHOSEN[memo] = cached
             return names[cached]
     return None
+
+
+@dataclasses.dataclass
+class ConvProblem:
+    """Random data with exactly a conv_bn_act call's layout, to verify and time candidates on.
+
+    Same sizes, strides, dtype and device as the call's tensors (so a candidate runs the same
+    kernel specialization as the call), seeded, with non-trivial BatchNorm scale/shift; the
+    caller's own data is never touched.
+    """
+
+    x: Tensor
+    w: Tensor
+    scale: Tensor
+    shift: Tensor
+    res: Tensor | None
+    stride: list[int]
+    padding: list[int]
+    relu: bool
+    out_sizes: list[int]
+
+    @classmethod
+    def like(cls, input: Tensor, weight: Tensor, residual: Tensor | None, stride, padding,
+             relu: bool, out_sizes) -> ConvProblem:
+        from .testing import random_bn_params
+
+        gen = torch.Generator(device=input.device).manual_seed(0)
+        c, r, s = weight.shape[1:]
+        scale, shift = random_bn_params(weight.shape[0], torch.Generator().manual_seed(0))
+        return cls(_like(input, gen), _like(weight, gen, std=(c * r * s) ** -0.5),
+                   scale.to(input.device), shift.to(input.device),
+                   None if residual is None else _like(residual, gen), list(stride),
+                   list(padding), relu, list(out_sizes))
+
+    @property
+    def args(self) -> tuple:
+        """conv_bn_act's arguments, in its schema's order."""
+        return (self.x, self.w, self.scale, self.shift, self.res, self.stride, self.padding,
+                self.relu)
+
+    def reference(self) -> Tensor:
+        """The reference composition: float64 on CPU; on a GPU fp32 with TF32 off (its error,
+        ~1e-6, is far below every GPU bound, and fp64 convs there would take seconds)."""
+        from .reference import conv_bn_act_reference
+        from .testing import no_tf32
+
+        ref_dt = torch.float64 if self.x.device.type == "cpu" else torch.float32
+        with no_tf32():
+            return conv_bn_act_reference(self.x.to(ref_dt), self.w.to(ref_dt), self.scale,
+                                         self.shift, None if self.res is None else
+                                         self.res.to(ref_dt), self.stride, self.padding,
+                                         self.relu)
+
+    @property
+    def bound(self) -> float:
+        from .testing import tolerance
+
+        return tolerance(self.x.dtype, "op", self.x.device)
+
+
+def _like(t: Tensor, gen: torch.Generator, std: float = 1.0) -> Tensor:
+    """Random N(0, std^2) data with exactly ``t``'s sizes, strides, dtype and device."""
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    out.copy_(torch.randn(t.shape, generator=gen, device=t.device) * std)
+    return out

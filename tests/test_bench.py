@@ -231,7 +231,7 @@ def test_resnet50_conv_layers_match_the_design_numbers():
     assert len(layers) == 24
     assert sum(la.count * la.flops() for la in layers) / 1e9 == pytest.approx(8.17, abs=0.01)
     assert sum(la.residual * la.count for la in layers) == 16  # one per bottleneck
-    # DESIGN.md: bf16 at 800 TFLOP/s and 3.0 TB/s, batch 256 -> per-layer roofline 47.9k img/s.
+    # docs/design.md: bf16 at 800 TFLOP/s and 3.0 TB/s, batch 256 -> per-layer roofline 47.9k img/s.
     rows = bench.roofline_rows([la.with_batch(256) for la in layers],
                                bench.DevicePeaks("h100", "bfloat16", 3.0e12, 800e12), 2)
     floor = bench.model_floor(rows)

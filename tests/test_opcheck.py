@@ -2,7 +2,8 @@
 
 opcheck runs the schema, autograd-registration, fake-tensor and AOT-dispatch checks on each sample.
 It ignores the strides of size-1 dims, so the fake impl's strides are also compared exactly with
-the real output's (DESIGN.md / csrc/checks.h: exactly torch.empty(..., channels_last)'s strides).
+the real output's (docs/design.md, csrc/checks.h: exactly torch.empty(..., channels_last)'s
+strides).
 """
 
 from __future__ import annotations

@@ -57,16 +57,16 @@ def test_cli_reports_failures_in_exit_code(monkeypatch, tmp_path, capsys):
 
 
 def test_interrupt_prints_the_finished_cases_and_keeps_them(monkeypatch, tmp_path, capsys):
-    real = sweep.run_case
+    real = sweep.check
     calls = []
 
-    def stop_at_third(case, backend, device, seed):
+    def stop_at_third(case, backend, prepared, device):
         calls.append(case.index)
         if len(calls) == 3:
             raise KeyboardInterrupt  # what SIGINT from a step's timeout raises
-        return real(case, backend, device, seed)
+        return real(case, backend, prepared, device)
 
-    monkeypatch.setattr(sweep, "run_case", stop_at_third)
+    monkeypatch.setattr(sweep, "check", stop_at_third)
     out = tmp_path / "sweep.jsonl"
     args = argparse.Namespace(backends=["cpu"], cases=10, seed=0, dtypes=["float32"],
                               device="cpu", json=str(out))

@@ -32,8 +32,6 @@ from torch.library import triton_op
 
 from .. import tuning
 from ..checks import check_conv_bn_act_args
-from ..reference import conv_bn_act_reference
-from ..testing import no_tf32, random_bn_params, tolerance
 from . import configs
 from .configs import ConvConfig
 from .launch import interpreter_fake_launch, is_tracing, launcher
@@ -230,49 +228,26 @@ def _candidates(input, weight, out_sizes) -> tuple[ConvConfig, ...]:
     return candidates if configs.autotune_enabled() else candidates[:1]
 
 
-def _like(t: Tensor, gen: torch.Generator, std: float = 1.0) -> Tensor:
-    """Random N(0, std^2) data with exactly ``t``'s sizes, strides, dtype and device."""
-    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-    out.copy_(torch.randn(t.shape, generator=gen, device=t.device) * std)
-    return out
-
-
 def _verified_config(input, weight, residual, stride, padding, relu, out_sizes, key,
                      candidates) -> ConvConfig:
     """Runs resnet_fused.tuning.choose on random data with this call's exact layout (the same
     kernel specialization), so a config is verified before it can be chosen (see tuning.py)."""
-    device = input.device
-    gen = torch.Generator(device=device).manual_seed(0)
-    c, r, s = weight.shape[1:]
-    x = _like(input, gen)
-    w = _like(weight, gen, std=(c * r * s) ** -0.5)
-    res = None if residual is None else _like(residual, gen)
-    scale, shift = (t.to(device) for t in random_bn_params(weight.shape[0],
-                                                           torch.Generator().manual_seed(0)))
-    out = torch.empty(out_sizes, dtype=input.dtype, device=device,
+    problem = tuning.ConvProblem.like(input, weight, residual, stride, padding, relu, out_sizes)
+    out = torch.empty(out_sizes, dtype=input.dtype, device=input.device,
                       memory_format=torch.channels_last)
 
     def launch(cfg: ConvConfig) -> Tensor:
-        conv_bn_act_launch(x, w, scale, shift, res, stride, padding, relu, out, cfg)
+        conv_bn_act_launch(*problem.args, out, cfg)
         return out
 
     def run(cfg: ConvConfig) -> Tensor:
         out.fill_(float("nan"))  # an element the kernel does not write fails the check
         return launch(cfg)
 
-    def reference() -> Tensor:
-        # float64 on CPU (the interpreter computes IEEE fp32); on a GPU an fp32 composition with
-        # TF32 off (its error, ~1e-6, is far below every GPU bound; fp64 convs would take seconds).
-        ref_dt = torch.float64 if device.type == "cpu" else torch.float32
-        with no_tf32():
-            return conv_bn_act_reference(x.to(ref_dt), w.to(ref_dt), scale, shift,
-                                         None if res is None else res.to(ref_dt), stride, padding,
-                                         relu)
-
     return tuning.choose(
-        "triton.conv_bn_act", key, candidates, run=run, launch=launch, reference=reference,
-        bound=tolerance(input.dtype, "op", device), device=device, name=_config_name,
-        timer=_timer(device), fingerprint=_kernel_fingerprint())
+        "triton.conv_bn_act", key, candidates, run=run, launch=launch,
+        reference=problem.reference, bound=problem.bound, device=input.device,
+        name=_config_name, timer=_timer(input.device), fingerprint=_kernel_fingerprint())
 
 
 def _choose_config(input, weight, residual, stride, padding, relu, out_sizes) -> ConvConfig:
