@@ -30,7 +30,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import setuptools
 from setuptools import find_packages, setup
+
+# pyproject.toml's SPDX `license` string needs setuptools >= 77. With --no-build-isolation pip uses
+# the installed setuptools whatever build-system.requires says, and an older one fails later with
+# an obscure "project.license must be valid exactly by one definition".
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(f"resnet_fused: setuptools >= 77 is needed to build (found {setuptools.__version__}); "
+             "run `pip install -U 'setuptools>=77'` and build again.")
 
 try:
     import torch

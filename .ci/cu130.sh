@@ -31,7 +31,7 @@ if [[ ! -x $VENV/bin/python ]]; then
   python3 -m venv "$VENV"
 fi
 PY=$VENV/bin/python
-"$PY" -m pip install -q --disable-pip-version-check torch==2.11.0 setuptools wheel ninja \
+"$PY" -m pip install -q --disable-pip-version-check torch==2.11.0 'setuptools>=77' wheel ninja \
   numpy tqdm pytest pytest-benchmark safetensors
 # CUTLASS's headers for the sm_90a kernels (pyproject's `cuda` extra); --no-deps: only the headers
 # are used, not the package's Python tooling (cuda-python, scipy, ...).

@@ -10,7 +10,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV=${VENV_ROOT:-$ROOT/build/venvs}/torch-$VERSION
 T0=$SECONDS
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$VERSION" setuptools \
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$VERSION" 'setuptools>=77' \
   wheel ninja numpy tqdm pytest pytest-benchmark safetensors
 "$VENV/bin/python" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 SCRATCH=$(mktemp -d /tmp/resnet_fused-torch-$VERSION.XXXXXX)
@@ -19,5 +19,5 @@ trap 'rm -rf "$SCRATCH"' EXIT
 cd "$SCRATCH"
 RESNET_FUSED_NO_CUDA=1 MAX_JOBS=2 "$VENV/bin/python" -m pip install -q --no-build-isolation \
   --no-deps -e . > build.log 2>&1 || { grep -E "error|Error" build.log | head -n 40; exit 1; }
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider | tail -n 3
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -rfE | grep -E "^(FAILED|ERROR)|passed|failed" | cut -c1-240
 echo "torch $VERSION: done in $((SECONDS - T0)) s"

@@ -35,6 +35,26 @@ _CUDA_KERNELS_BUILT = torch._C._dispatch_has_kernel_for_dispatch_key(
 _TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
+def triton_version() -> str:
+    """The installed Triton's version, or "not installed"."""
+    if not _TRITON_IMPORTABLE:
+        return "not installed"
+    import triton
+
+    return triton.__version__
+
+
+def parse_device(name: str | None) -> torch.device:
+    """A command's ``--device``: default cuda when visible, else cpu; ValueError for a CUDA device
+    on a machine without one (said as the option's problem)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is visible")
+    return device
+
+
 def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

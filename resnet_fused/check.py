@@ -121,12 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit(f"--device {args.device}: no CUDA device is visible")
+    from .backends import parse_device
+
+    try:
+        device = parse_device(args.device)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     dtypes = [DTYPES[d] for d in args.dtypes] if args.dtypes else None
     return run_check(device, args.backends, dtypes, model_name=args.model, batch=args.batch,
                      size=args.size, seed=args.seed)

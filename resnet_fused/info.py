@@ -7,19 +7,11 @@ import platform
 
 import torch
 
-from .backends import backend_status, cuda_implementations
+from .backends import backend_status, cuda_implementations, triton_version
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # no options
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-    except ImportError:
-        return "not installed"
-    return triton.__version__
 
 
 def run(args: argparse.Namespace | None = None) -> int:
@@ -29,7 +21,7 @@ def run(args: argparse.Namespace | None = None) -> int:
         ("resnet_fused", __version__),
         ("python", platform.python_version()),
         ("torch", torch.__version__),
-        ("triton", _triton_version()),
+        ("triton", triton_version()),
         ("torch CUDA", torch.version.cuda or "none (CPU build)"),
         ("cuDNN", str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "n/a"),
         ("device", torch.cuda.get_device_name() if torch.cuda.is_available() else

@@ -77,19 +77,14 @@ def clear() -> None:
 @functools.cache
 def _device_fingerprint(device: torch.device) -> str:
     from . import __version__
+    from .backends import triton_version
 
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         what = f"{props.name} sm_{props.major}{props.minor} x{props.multi_processor_count}"
     else:
         what = device.type
-    return (f"{what}|torch {torch.__version__}|cuda {torch.version.cuda}|triton {triton_version}"
+    return (f"{what}|torch {torch.__version__}|cuda {torch.version.cuda}|triton {triton_version()}"
             f"|resnet_fused {__version__}")
 
 

@@ -91,19 +91,14 @@ def cpu_model() -> str:
 
 
 def machine_summary(device: torch.device) -> str:
+    from ..backends import triton_version
 
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
     if device.type == "cuda":
         what = (f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, cuDNN "
                 f"{torch.backends.cudnn.version()}")
     else:
         what = f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
-    return f"{what}; torch {torch.__version__}, triton {triton_version}"
+    return f"{what}; torch {torch.__version__}, triton {triton_version()}"
 
 
 def _error_status(e: BaseException) -> str:
@@ -251,13 +246,13 @@ setup s              time to build the variant (fuse, torch.compile, CUDA-graph 
 
 def run(args: argparse.Namespace) -> int:
     """``python -m resnet_fused bench``: 0 if every measured variant matched the reference."""
-    if args.device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            print(f"--device {args.device}: no CUDA device is visible", file=sys.stderr)
-            return 2
+    from ..backends import parse_device
+
+    try:
+        device = parse_device(args.device)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     gpu = device.type == "cuda"
     batch = args.batch or (256 if gpu else 8)
     dtype = DTYPES[args.dtype or ("bfloat16" if gpu else "float32")]
