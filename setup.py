@@ -176,8 +176,8 @@ def _extension():
     cpu_sources = ["csrc/ops.cpp", "csrc/impls.cpp", *sorted(glob.glob("csrc/cpu/*.cpp")),
                    *sorted(glob.glob("csrc/sm90/*.cpp"))]
     # -fopenmp: at::parallel_for is header-inlined. Py_LIMITED_API: see the module docstring.
-    # No -std here: torch's BuildExtension adds the standard its headers need (C++17 up to torch
-    # 2.12, C++20 from 2.13; torch 2.14's headers no longer compile as C++17).
+    # No -std here: torch's BuildExtension adds the standard its headers need (C++17 for torch
+    # 2.11, C++20 for 2.13 on; torch 2.15's headers no longer compile as C++17).
     cxx_flags = ["-O3", "-fopenmp", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
     with_cuda, why = _cuda_build_wanted()
     if not with_cuda:

@@ -31,8 +31,10 @@ if [[ ! -x $VENV/bin/python ]]; then
   python3 -m venv "$VENV"
 fi
 PY=$VENV/bin/python
+# numpy < 2.4: triton 3.6's interpreter (the CPU test tier) converts 1-element arrays to ints,
+# which numpy 2.4 refuses (tests/conftest.py skips that tier, saying so, if it is newer).
 "$PY" -m pip install -q --disable-pip-version-check torch==2.11.0 'setuptools>=77' wheel ninja \
-  numpy tqdm pytest pytest-benchmark safetensors
+  "numpy<2.4" tqdm pytest pytest-benchmark safetensors
 # CUTLASS's headers for the sm_90a kernels (pyproject's `cuda` extra); --no-deps: only the headers
 # are used, not the package's Python tooling (cuda-python, scipy, ...).
 "$PY" -m pip install -q --disable-pip-version-check --no-deps nvidia-cutlass==4.2.0.0

@@ -192,7 +192,8 @@ def _test_module():
 
 @functools.cache
 def tests_triton_bindings() -> frozenset:
-    """The GPU tier of tests/test_triton.py, from the test module's own cases: the sweep over
+    """The Triton GPU tests (marker ``triton``): tests/test_triton.py from its own cases, and
+    tests/test_gpu_models.py's Triton models. tests/test_triton.py: the sweep over
     GPU_CASES in three dtypes and every table config (autotuning off, as those tests set it),
     the autotune test's candidates, the two whole models. The remaining GPU tests (add_relu,
     opcheck, compile/graph chains) reuse these shapes or compile a handful of eltwise kernels."""
@@ -217,6 +218,10 @@ def tests_triton_bindings() -> frozenset:
     found |= conv_bindings(x, w, res, stride, padding, True, autotune=True)
     found |= model_bindings("resnet50", 4, "bfloat16", size=160, autotune=False)
     found |= model_bindings("resnet18", 2, "float16", size=64, autotune=False)
+    # tests/test_gpu_models.py (triton and auto): ResNet-50 at 224 in three dtypes, batch 1/7/256.
+    for dtype in ("float32", "float16", "bfloat16"):
+        for batch in (1, 7, 256):
+            found |= model_bindings("resnet50", batch, dtype, autotune=False)
     return frozenset(found)
 
 

@@ -226,7 +226,7 @@ if [[ " $STEPS " == *" warm-triton "* ]]; then
     step warm-triton "$PY" benchmarks/gpu_plan.py warm "${warm_steps[@]}" "${WARM_ARGS[@]}"
   fi
 fi
-step tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests --ignore=tests/test_triton.py
+step tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m "gpu and not triton" tests
 step sweep-cuda "$PY" -m resnet_fused sweep "${SWEEP_CUDA[@]}" --cases "$SWEEP_CUDA_CASES" \
   --json "$OUT/sweep-cuda.jsonl"
 step sanitizer sanitizer
@@ -235,7 +235,7 @@ if [[ -n $WARM_PID ]]; then
   cat /tmp/gpu_session_warm.log >> "$LOG"
   SUMMARY+=("warm-triton: $(tail -n 1 /tmp/gpu_session_warm.log)")
 fi
-step tests-triton "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_triton.py
+step tests-triton "$PY" -m pytest -q -p no:cacheprovider -m "gpu and triton" tests
 step sweep-triton env RESNET_FUSED_TRITON_AUTOTUNE=0 TRITON_INTERPRET=$TRITON_INTERPRET_FOR_SWEEP \
   "$PY" -m resnet_fused sweep "${SWEEP_TRITON[@]}" --cases "$SWEEP_TRITON_CASES" \
   --json "$OUT/sweep-triton.jsonl"

@@ -36,6 +36,8 @@ from resnet_fused.testing import (
 from resnet_fused.triton import configs
 from resnet_fused.triton.conv_bn_act import _conv_bn_act_kernel
 
+pytestmark = pytest.mark.triton
+
 
 def _kernels_interpreted() -> bool:
     try:
