@@ -9,8 +9,8 @@ from .cli import add_common_arguments, options_from, run_options
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, out_help="features: .npy, float32 (images, features) in input "
-                                          "order, with <stem>.index.csv (row, path); errors go "
-                                          "to <stem>.errors.csv")
+                                          "order, with <FILE>.index.csv (row, path); errors go "
+                                          "to <FILE>.errors.csv")
 
 
 def run(args: argparse.Namespace) -> int:

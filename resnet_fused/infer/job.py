@@ -269,13 +269,7 @@ def _setup(options: JobOptions, world: World) -> _Setup:
         labels = read_labels(options.labels) if options.labels is not None else None
     except ValueError as e:
         raise JobError(str(e)) from e
-    parent = os.path.dirname(os.path.abspath(files.out))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise JobError(f"--out {files.out!r}: cannot create its folder: {e.strerror}") from e
-    if not os.access(parent, os.W_OK):
-        raise JobError(f"--out {files.out!r}: its folder {parent!r} is not writable")
+    _check_writable(files.out)
     inputs = list_images(options.paths)
 
     state = _read_checkpoint(options.weights)
@@ -316,6 +310,15 @@ def _setup(options: JobOptions, world: World) -> _Setup:
                   max_pixels)
 
 
+def _check_writable(out: str) -> None:
+    """The output's folder, or the closest existing folder above it, can be written to."""
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise JobError(f"--out {out!r}: cannot write there ({folder!r} is not a writable folder)")
+
+
 def _differences(a: dict, b: dict) -> str:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in keys)
@@ -325,6 +328,7 @@ def _prepare_output(setup: _Setup) -> str:
     """Rank 0: "complete" (nothing to do) or "ready" (the parts folder exists, settings match)."""
     files, options = setup.files, setup.options
     inputs_digest = _sha256_text(setup.inputs)
+    os.makedirs(os.path.dirname(os.path.abspath(files.out)), exist_ok=True)
     if options.overwrite:
         for path in files.finals():
             if os.path.exists(path):
@@ -516,6 +520,7 @@ def _run(options: JobOptions, world: World, start: float) -> Summary:
                      "images_per_s": summary.images_per_s, "wall_s": summary.wall_s,
                      "setup_s": setup_s, "loop_s": summary.loop_s, "merge_s": summary.merge_s,
                      "times_s": asdict(summary.times), "world_size": world.size,
+                     "images_per_rank": [s["seen"] for s in stats],
                      "device": str(setup.device), "backend": options.backend,
                      "decoder": setup.decoder_name, "batch_size": setup.batch_size,
                      "workers": setup.workers, "torch": torch.__version__,
@@ -533,7 +538,7 @@ def predict(paths: Sequence[str | os.PathLike] | str, weights, out, **options) -
 
 def extract(paths: Sequence[str | os.PathLike] | str, weights, out, **options) -> Summary:
     """Pooled features (before ``fc``) of every image in ``paths``, written to ``out`` (``.npy``
-    plus ``<stem>.index.csv``). Keyword options: those of :class:`JobOptions`."""
+    plus ``<out>.index.csv``). Keyword options: those of :class:`JobOptions`."""
     return run_job(JobOptions("extract", _as_list(paths), weights, out, **options))
 
 

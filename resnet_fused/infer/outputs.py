@@ -1,16 +1,17 @@
 """The job's final files, built from the parts in input order, and readers for them.
 
-``extract --out F.npy``:
-    ``F.npy``          float32 (rows, features): one row per image that worked, in input order
-    ``F.index.csv``    ``row,path``: which image each row is
-``predict --out F.csv`` (or ``F.jsonl``):
-    ``F.csv``          ``path,class_1[,label_1],prob_1,...,class_k[,label_k],prob_k``, input order
-    ``F.jsonl``        ``{"path", "classes", ["labels",] "probs"}`` per line, input order
+``extract --out OUT`` (``OUT`` ends in ``.npy``):
+    ``OUT``              float32 (rows, features): a row per image that worked, in input order
+    ``OUT.index.csv``    ``row,path``: which image each row is
+``predict --out OUT`` (``OUT`` ends in ``.csv`` or ``.jsonl``):
+    ``.csv``             ``path,class_1[,label_1],prob_1,...,class_k[,label_k],prob_k``
+    ``.jsonl``           ``{"path", "classes", ["labels",] "probs"}`` per line
+    (one line per image that worked, in input order)
 and for both:
-    ``F.errors.csv``   ``path,reason`` for every image that could not be used, in input order
-    ``F.job.json``     the settings, counts and time split of the finished job (written last)
+    ``OUT.errors.csv``   ``path,reason`` for every image that could not be used, in input order
+    ``OUT.job.json``     the settings, counts and time split of the finished job (written last)
 
-While the job runs (or after a kill) the results live in ``F.parts/`` (see :mod:`.parts`); the
+While the job runs (or after a kill) the results live in ``OUT.parts/`` (see :mod:`.parts`); the
 merge writes each final file under a temporary name and renames it into place.
 """
 
@@ -38,25 +39,23 @@ class OutputFiles:
     out: str
     kind: str
 
-    @property
-    def stem(self) -> str:
-        return os.path.splitext(self.out)[0]
-
+    # Side files are named after the whole output name, so preds.csv and preds.jsonl (or an
+    # extract and a predict job with one stem) never share them.
     @property
     def index(self) -> str | None:
-        return self.stem + ".index.csv" if self.kind == "extract" else None
+        return self.out + ".index.csv" if self.kind == "extract" else None
 
     @property
     def errors(self) -> str:
-        return self.stem + ".errors.csv"
+        return self.out + ".errors.csv"
 
     @property
     def manifest(self) -> str:
-        return self.stem + ".job.json"
+        return self.out + ".job.json"
 
     @property
     def parts(self) -> str:
-        return self.stem + ".parts"
+        return self.out + ".parts"
 
     def finals(self) -> list[str]:
         return [p for p in (self.out, self.index, self.errors, self.manifest) if p]

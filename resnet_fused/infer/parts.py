@@ -1,6 +1,6 @@
 """The job's incremental store: per-rank part files that survive a kill and make a rerun resume.
 
-Each rank appends, per batch, to its own files in ``<out stem>.parts/``:
+Each rank appends, per batch, to its own files in ``<out>.parts/``:
 
 - ``rank<R>.<column>.bin``: fixed-width little-endian rows (e.g. 2048 float32 features, or top-k
   class indices and probabilities), written and flushed first;
