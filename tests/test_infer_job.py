@@ -298,3 +298,28 @@ def test_killed_job_rerun_gives_the_uninterrupted_output(data, tmp_path):
                            text=True)
     assert "were done by an earlier run" in rerun.stdout
     assert out.read_text() == whole.read_text()
+
+
+def test_batched_decoder_path_gives_the_cpu_paths_output(data, tmp_path):
+    """The GPU pipeline's path (JPEG bytes to the main process, one batched decode, resize of the
+    whole batch there), run on the CPU with a stand-in decoder (no GPU here): same features and
+    the same bad-image reasons as Pillow in the workers."""
+    bad = data["bad"]
+    inputs = [*data["good"], bad["truncated"], bad["cmyk"], bad["big"], bad["empty"]]
+    calls = []
+
+    def decoder(encoded, device):  # a batch holding a broken JPEG fails as a whole, like nvjpeg
+        calls.append(len(encoded))
+        return [decode_pil(e.numpy().tobytes()).to(device) for e in encoded]
+
+    extract(inputs, data["ckpt"], tmp_path / "cpu.npy", **FAST)
+    summary = extract(inputs, data["ckpt"], tmp_path / "batched.npy", batch_decoder=decoder,
+                      **FAST)
+    assert summary.decoder == "custom" and "batched decode" in summary.report()
+    assert sum(calls) >= 4  # the JPEGs came to the main process (CMYK and PNGs did not)
+    cpu, cpu_paths = read_features(tmp_path / "cpu.npy")
+    batched, batched_paths = read_features(tmp_path / "batched.npy")
+    assert batched_paths == cpu_paths
+    np.testing.assert_array_equal(batched, cpu)
+    assert read_errors(tmp_path / "batched.npy", "extract") == \
+        read_errors(tmp_path / "cpu.npy", "extract")

@@ -31,7 +31,7 @@ from ..backends import CHOICES
 from ..progress import counter
 from .checkpoint import build_fused, build_reference, checkpoint_classes, fingerprint
 from .checkpoint import read_checkpoint as _read_checkpoint
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_jpegs_on_device
+from .decode import DEFAULT_MAX_PIXELS, BatchDecoder, DecodeError, decode_jpegs_on_device
 from .decode import torchvision_gpu_decoder as _gpu_decoder
 from .distributed import RankError, World, init_world, make_batches, shard
 from .loader import Batch, ImageFiles, make_loader
@@ -77,6 +77,10 @@ class JobOptions:
     device: str | torch.device | None = None  # default: cuda if visible, else cpu
     workers: int | None = None  # DataLoader workers; default: 1 on CPU, min(8, cores) on GPU
     decode: str = "auto"  # "gpu": torchvision.io batched JPEG decoding; "auto": GPU when possible
+    # A batched JPEG decoder to use instead of torchvision.io's, on any device: called with a
+    # list of 1-D uint8 CPU tensors (the files' bytes) and the device, returns uint8 (3, H, W)
+    # images there (see decode.decode_jpegs_on_device for the fallbacks around it).
+    batch_decoder: BatchDecoder | None = None
     resize: int = RESIZE
     crop: int = CROP
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -86,11 +90,12 @@ class JobOptions:
 
 @dataclass
 class Times:
-    """Seconds per phase. ``wait``/``preprocess``/``model``/``write`` are wall time in the main
-    process (``write`` includes the final merge); ``decode``/``resize`` are summed over the
-    DataLoader workers that ran them in parallel."""
+    """Seconds per phase. ``wait``/``gpu_decode``/``preprocess``/``model``/``write`` are wall time
+    in the main process; ``decode``/``resize`` are summed over the DataLoader workers that ran
+    them in parallel."""
 
     wait: float = 0.0
+    gpu_decode: float = 0.0
     preprocess: float = 0.0
     model: float = 0.0
     write: float = 0.0
@@ -128,7 +133,7 @@ class Summary:
     device: str = "cpu"
     dtype: str = "float32"
     backend: str = "auto"
-    decoder: str = "cpu"
+    decoder: str = "cpu"  # "cpu" (Pillow in the workers), "gpu" (torchvision.io) or "custom"
     batch_size: int = 0
 
     @property
@@ -155,6 +160,9 @@ class Summary:
                          f"{self.decoder} decode, {self.workers} workers per rank)")
             main = {"waiting for decoded images": t.wait, "preprocess": t.preprocess,
                     "model": t.model, "write": t.write}
+            if self.decoder != "cpu":
+                main = {"waiting for the workers": t.wait, "batched decode": t.gpu_decode,
+                        "preprocess": t.preprocess, "model": t.model, "write": t.write}
             if self.world_size > 1:
                 main = {k: v / self.world_size for k, v in main.items()}
             total = sum(main.values()) or 1.0
@@ -229,7 +237,7 @@ class _Setup:
     dtype: torch.dtype
     batch_size: int
     workers: int
-    decoder: object  # a BatchDecoder or None
+    decoder: BatchDecoder | None  # batched JPEG decoding in the main process, or None
     decoder_name: str
     transform: EvalTransform
     labels: list[str] | None
@@ -241,8 +249,9 @@ class _Setup:
     @property
     def resize_in_workers(self) -> bool:
         # On the CPU the DataLoader workers are where the spare cores are; on a GPU the device
-        # resizes a whole batch faster than the workers would.
-        return self.device.type == "cpu"
+        # resizes a whole batch faster than the workers would. JPEGs decoded in the main
+        # process (batched decoder) are resized there too.
+        return self.device.type == "cpu" and self.decoder is None
 
 
 def _setup(options: JobOptions, world: World) -> _Setup:
@@ -289,7 +298,11 @@ def _setup(options: JobOptions, world: World) -> _Setup:
     del reference
 
     decoder, decoder_name = None, "cpu"
-    if options.decode != "cpu" and device.type == "cuda":
+    if options.batch_decoder is not None:
+        if not callable(options.batch_decoder):
+            raise JobError("batch_decoder must be callable (encoded list, device) -> images")
+        decoder, decoder_name = options.batch_decoder, "custom"
+    elif options.decode != "cpu" and device.type == "cuda":
         decoder, why = _gpu_decoder()
         if decoder is not None:
             decoder_name = "gpu"
@@ -344,6 +357,10 @@ def _prepare_output(setup: _Setup) -> str:
             raise JobError(f"{files.out} was finished for another list of inputs "
                            f"({manifest.get('inputs')} images, now {len(setup.inputs)}); use "
                            "--overwrite to redo it, or another --out")
+        missing = [p for p in files.finals() if not os.path.exists(p)]
+        if missing:
+            raise JobError(f"{files.manifest} records a finished job but {missing[0]} is gone; "
+                           "use --overwrite to redo it")
         return "complete"
     if not os.path.isdir(files.parts):
         existing = [p for p in files.finals() if os.path.exists(p)]
@@ -361,8 +378,8 @@ def _prepare_output(setup: _Setup) -> str:
     return "ready"
 
 
-def _to_model_input(batch: Batch, setup: _Setup) -> tuple[Tensor | None, list[str],
-                                                          list[tuple[str, str]]]:
+def _to_model_input(batch: Batch, setup: _Setup, times: Times) -> tuple[
+        Tensor | None, list[str], list[tuple[str, str]]]:
     """Device batch in the model's dtype, its paths, and images that failed here (GPU decode)."""
     device, transform = setup.device, setup.transform
     errors: list[tuple[str, str]] = []
@@ -374,8 +391,13 @@ def _to_model_input(batch: Batch, setup: _Setup) -> tuple[Tensor | None, list[st
             images = transform.resize_crop_stacked(images)
         paths = batch.paths
     else:
-        decoded = decode_jpegs_on_device(batch.encoded, device, setup.decoder,
-                                         setup.max_pixels) if batch.encoded else []
+        decoded = []
+        if batch.encoded:
+            start = time.perf_counter()
+            decoded = decode_jpegs_on_device(batch.encoded, device, setup.decoder,
+                                             setup.max_pixels)
+            _sync(device)
+            times.gpu_decode += time.perf_counter() - start
         items, paths = [], []
         for (where, i), path in zip(batch.order, batch.paths, strict=True):
             item = batch.images[i].to(device, non_blocking=True) if where == "image" \
@@ -410,7 +432,7 @@ def _run_batches(setup: _Setup, batches: list[list[int]], writer: PartWriter, wo
                  times: Times) -> tuple[int, int]:
     """The loop over this rank's batches; returns (images seen, images through the model)."""
     dataset = ImageFiles(setup.inputs, setup.transform if setup.resize_in_workers else None,
-                         gpu_jpeg=setup.decoder_name == "gpu", max_pixels=setup.max_pixels)
+                         jpeg_bytes=setup.decoder is not None, max_pixels=setup.max_pixels)
     loader = make_loader(dataset, batches, setup.workers,
                          pin_memory=setup.device.type == "cuda")
     total = sum(len(b) for b in batches)
@@ -429,10 +451,11 @@ def _run_batches(setup: _Setup, batches: list[list[int]], writer: PartWriter, wo
                 times.wait += t1 - t0
                 times.decode += batch.decode_s
                 times.resize += batch.resize_s
-                x, paths, errors = _to_model_input(batch, setup)
+                gpu_decode_before = times.gpu_decode
+                x, paths, errors = _to_model_input(batch, setup, times)
                 _sync(setup.device)
                 t2 = time.perf_counter()
-                times.preprocess += t2 - t1
+                times.preprocess += t2 - t1 - (times.gpu_decode - gpu_decode_before)
                 arrays = _model_outputs(setup, x) if x is not None else {}
                 t3 = time.perf_counter()
                 times.model += t3 - t2

@@ -38,10 +38,11 @@ class ImageFiles(Dataset):
     """``dataset[i]`` reads and decodes ``paths[i]``; never raises for a bad image."""
 
     def __init__(self, paths: Sequence[str], transform: EvalTransform | None,
-                 gpu_jpeg: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 jpeg_bytes: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.paths = paths
         self.transform = transform  # resize + crop here when given (the CPU path)
-        self.gpu_jpeg = gpu_jpeg
+        # True: plain JPEGs go to the main process as bytes, for a batched (GPU) decoder
+        self.jpeg_bytes = jpeg_bytes
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
@@ -52,7 +53,7 @@ class ImageFiles(Dataset):
         start = time.perf_counter()
         try:
             data = read_bytes(sample.path)
-            if self.gpu_jpeg and jpeg_for_gpu(data, self.max_pixels):
+            if self.jpeg_bytes and jpeg_for_gpu(data, self.max_pixels):
                 sample.encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             else:
                 sample.image = decode_pil(data, self.max_pixels)
