@@ -108,8 +108,8 @@ def bad_corpus(root: str) -> dict[str, str]:
                                            "PNG")),
         "bomb": ("bomb.png", png_header_only(100_000, 100_000)),
         "over_limit": ("over_limit.png", png_header_only(12_000, 10_000)),
-        # 5000 x 5000: 25 Mpixels, big but under the limit: it must work.
-        "big": ("big.jpg", encode(Image.fromarray(photo("astronaut")).resize((5000, 5000)),
+        # 4000 x 3000: 12 Mpixels, a big camera photo, under the limit: it must work.
+        "big": ("big.jpg", encode(Image.fromarray(photo("astronaut")).resize((4000, 3000)),
                                   "JPEG", quality=85)),
     }
     out = {}

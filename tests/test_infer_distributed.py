@@ -52,11 +52,11 @@ def test_two_ranks_give_the_single_process_output(data, tmp_path):
     # 19 images in 7 batches of 3: uneven shares (4 and 3 batches), bad images inside batches.
     single = tmp_path / "single.csv"
     predict([data["photos"]], data["ckpt"], single, model="resnet18", labels=data["labels"],
-            topk=3, batch_size=3, workers=1, progress=False)
+            topk=3, batch_size=3, workers=1, progress=False, device="cpu")
     ranks = tmp_path / "ranks.csv"
     run = torchrun("predict", data["photos"], "--weights", data["ckpt"], "--model", "resnet18",
                    "--labels", data["labels"], "--topk", "3", "--batch-size", "3",
-                   "--workers", "1", "--out", str(ranks))
+                   "--workers", "1", "--device", "cpu", "--out", str(ranks))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "(2 ranks, cpu" in run.stdout  # one summary, from rank 0, covering both ranks
     assert run.stdout.count("predict: ") == 1
@@ -68,7 +68,7 @@ def test_two_ranks_give_the_single_process_output(data, tmp_path):
 
 
 def test_two_ranks_resume_a_crashed_single_process_job(data, tmp_path, monkeypatch):
-    kwargs = dict(model="resnet18", batch_size=2, workers=0, progress=False)
+    kwargs = dict(model="resnet18", batch_size=2, workers=0, progress=False, device="cpu")
     whole = tmp_path / "whole.npy"
     extract([data["photos"]], data["ckpt"], whole, **kwargs)
 
@@ -87,7 +87,7 @@ def test_two_ranks_resume_a_crashed_single_process_job(data, tmp_path, monkeypat
     monkeypatch.undo()
 
     run = torchrun("extract", data["photos"], "--weights", data["ckpt"], "--model", "resnet18",
-                   "--batch-size", "2", "--workers", "0", "--out", str(out))
+                   "--batch-size", "2", "--workers", "0", "--device", "cpu", "--out", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "6 were done by an earlier run" in run.stdout  # three batches of two
     for suffix in ("", ".index.csv", ".errors.csv"):
@@ -96,7 +96,7 @@ def test_two_ranks_resume_a_crashed_single_process_job(data, tmp_path, monkeypat
 
 def test_an_error_before_work_stops_every_rank(data, tmp_path):
     run = torchrun("extract", data["photos"], "--weights", str(tmp_path / "missing.pth"),
-                   "--out", str(tmp_path / "f.npy"), timeout=180)
+                   "--device", "cpu", "--out", str(tmp_path / "f.npy"), timeout=180)
     assert run.returncode != 0
     assert "error: weights: no such checkpoint file" in run.stderr
     assert not (tmp_path / "f.npy").exists() and not (tmp_path / "f.npy.parts").exists()

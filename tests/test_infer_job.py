@@ -34,7 +34,11 @@ from resnet_fused.infer.parts import PartWriter
 from resnet_fused.testing import relative_error, tolerance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = dict(model="resnet18", batch_size=4, workers=1, progress=False)
+# Bit-for-bit comparisons (resume, decoder paths) run on the CPU whatever the machine has.
+FAST = dict(model="resnet18", batch_size=4, workers=1, progress=False, device="cpu")
+# The numerics tests also run on a GPU when there is one (fp32 there may use TF32: its bound).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +70,21 @@ def assert_rows_close(rows: np.ndarray, ref: torch.Tensor, bound: float) -> None
         assert err <= bound, f"row {i}: relative error {err:.3g} > {bound}"
 
 
-def test_extract_matches_the_reference_and_lists_bad_images(data, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_extract_matches_the_reference_and_lists_bad_images(data, tmp_path, device):
     bad = data["bad"]
     inputs = [*data["good"], *(bad[c] for c in LISTED), *(bad[c] for c in WORKS)]
     out = tmp_path / "features.npy"
-    summary = extract(inputs, data["ckpt"], out, **FAST)
+    # decode="cpu": the reference below decodes with Pillow, so both see the same pixels.
+    summary = extract(inputs, data["ckpt"], out, **{**FAST, "device": device},
+                      dtype="float32", decode="cpu")
 
     features, paths = read_features(out)
     usable = [p for p in inputs if p not in {bad[c] for c in LISTED}]
     assert paths == usable  # input order, bad images left out
     assert features.dtype == np.float32 and features.shape == (len(usable), 512)
     ref_features, _ = reference_outputs("resnet18", data["ckpt"], usable)
-    assert_rows_close(features, ref_features, tolerance(torch.float32, "model"))
+    assert_rows_close(features, ref_features, tolerance(torch.float32, "model", device))
 
     errors = read_errors(out, "extract")
     assert [p for p, _ in errors] == [bad[c] for c in LISTED]  # in input order, with reasons
@@ -98,11 +105,13 @@ def test_extract_matches_the_reference_and_lists_bad_images(data, tmp_path):
     assert not (tmp_path / "features.npy.parts").exists()  # the parts are merged and removed
 
 
-def test_predict_csv_and_jsonl_match_the_reference(data, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_predict_csv_and_jsonl_match_the_reference(data, tmp_path, device):
     paths = data["good"][:6]
     csv_out, jsonl_out = tmp_path / "preds.csv", tmp_path / "preds.jsonl"
-    predict(paths, data["ckpt"], csv_out, labels=data["labels"], topk=3, **FAST)
-    predict(paths, data["ckpt"], jsonl_out, topk=3, **FAST)
+    options = {**FAST, "device": device, "dtype": "float32", "decode": "cpu"}
+    predict(paths, data["ckpt"], csv_out, labels=data["labels"], topk=3, **options)
+    predict(paths, data["ckpt"], jsonl_out, topk=3, **options)
 
     with open(csv_out, newline="") as f:
         rows = list(csv.reader(f))
@@ -113,7 +122,7 @@ def test_predict_csv_and_jsonl_match_the_reference(data, tmp_path):
 
     _, logits = reference_outputs("resnet18", data["ckpt"], paths)
     ref_probs = logits.softmax(dim=1)
-    bound = tolerance(torch.float32, "model")
+    bound = tolerance(torch.float32, "model", device)
     for row, line, ref in zip(rows[1:], lines, ref_probs, strict=True):
         classes = [int(c) for c in row[1::3]]
         assert row[2::3] == [f"class number {c}" for c in classes]
@@ -128,11 +137,12 @@ def test_predict_csv_and_jsonl_match_the_reference(data, tmp_path):
         assert classes == top.indices[:3].tolist()
 
 
-def test_resnet50_bfloat16_within_the_bf16_bound(tmp_path, data):
+@pytest.mark.parametrize("device", DEVICES)
+def test_resnet50_bfloat16_within_the_bf16_bound(tmp_path, data, device):
     ckpt = random_checkpoint(str(tmp_path / "r50.pth"), "resnet50", num_classes=10, seed=2)
     paths = data["good"][:3]
     extract(paths, ckpt, tmp_path / "f.npy", model="resnet50", dtype="bfloat16", batch_size=3,
-            workers=0, progress=False)
+            workers=0, progress=False, device=device, decode="cpu")
     features, listed = read_features(tmp_path / "f.npy")
     assert listed == paths and features.shape == (3, 2048)
     ref_features, _ = reference_outputs("resnet50", ckpt, paths, dtype=torch.float32)
@@ -202,7 +212,7 @@ def test_cli_exit_status_and_summary(data, tmp_path, capsys):
     out = tmp_path / "f.npy"
     status = main(["extract", str(data["root"] / "photos"), "--weights", data["ckpt"],
                    "--model", "resnet18", "--out", str(out), "--batch-size", "4",
-                   "--workers", "0", "--no-progress"])
+                   "--workers", "0", "--no-progress", "--device", "cpu"])
     assert status == 0
     printed = capsys.readouterr().out
     assert f"extract: {len(data['good'])} images -> {out}" in printed
@@ -269,13 +279,13 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_killed_job_rerun_gives_the_uninterrupted_output(data, tmp_path):
-    photos = good_corpus(str(tmp_path / "photos"), count=20)
+    photos = good_corpus(str(tmp_path / "photos"), count=14)
     common = ["--weights", data["ckpt"], "--model", "resnet18", "--batch-size", "2",
-              "--workers", "1", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+              "--workers", "1", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     whole = tmp_path / "whole.csv"
-    subprocess.run(_cli("predict", str(tmp_path / "photos"), "--out", str(whole), *common),
-                   check=True, env=env, cwd=REPO, capture_output=True)
+    predict([str(tmp_path / "photos")], data["ckpt"], whole, model="resnet18", batch_size=2,
+            workers=1, progress=False, device="cpu")
 
     out = tmp_path / "killed.csv"
     proc = subprocess.Popen(_cli("predict", str(tmp_path / "photos"), "--out", str(out),
@@ -323,3 +333,30 @@ def test_batched_decoder_path_gives_the_cpu_paths_output(data, tmp_path):
     np.testing.assert_array_equal(batched, cpu)
     assert read_errors(tmp_path / "batched.npy", "extract") == \
         read_errors(tmp_path / "cpu.npy", "extract")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_jpeg_decoding_end_to_end(data, tmp_path):
+    """torchvision.io's batched GPU decoder in the job (skips where torchvision does not
+    import). Another JPEG decoder gives slightly different pixels than Pillow's libjpeg, so the
+    features are compared loosely with the Pillow-decoded run; the bad-image list must match."""
+    from resnet_fused.infer.decode import torchvision_gpu_decoder
+
+    decoder, why = torchvision_gpu_decoder()
+    if decoder is None:
+        pytest.skip(f"no GPU JPEG decoder: {why}")
+    bad = data["bad"]
+    inputs = [*data["good"], bad["truncated"], bad["cmyk"], bad["big"], bad["empty"]]
+    options = dict(model="resnet18", batch_size=4, workers=2, progress=False, device="cuda",
+                   dtype="float32")
+    extract(inputs, data["ckpt"], tmp_path / "pillow.npy", decode="cpu", **options)
+    summary = extract(inputs, data["ckpt"], tmp_path / "gpu.npy", decode="gpu", **options)
+    assert summary.decoder == "gpu" and summary.times.gpu_decode > 0
+    pillow, pillow_paths = read_features(tmp_path / "pillow.npy")
+    gpu, gpu_paths = read_features(tmp_path / "gpu.npy")
+    assert gpu_paths == pillow_paths
+    assert [p for p, _ in read_errors(tmp_path / "gpu.npy", "extract")] == \
+        [p for p, _ in read_errors(tmp_path / "pillow.npy", "extract")]
+    err = relative_error(torch.from_numpy(np.array(gpu)), torch.from_numpy(np.array(pillow)))
+    assert err < 2e-2, f"GPU-decoded features differ from Pillow-decoded ones by {err:.3g}"

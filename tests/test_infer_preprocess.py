@@ -189,3 +189,18 @@ def test_matches_torchvision_itself():
             diff = (ours - ref).abs()
             assert diff.max().item() <= ONE_STEP * 1.0001, name
             assert (diff > ONE_STEP / 2).float().mean().item() < 1e-2, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_resize_is_the_float_path():
+    transform = EvalTransform()
+    for name in PHOTOS:
+        image = as_tensor(rgb(name))
+        size = resized_size(image.shape[1], image.shape[2], 256)
+        cpu = resize_uint8(image[None], size, native=False)
+        cuda = resize_uint8(image[None].cuda(), size).cpu()
+        diff = (cpu.int() - cuda.int()).abs()
+        assert diff.max().item() <= 1 and (diff > 0).float().mean().item() < 2e-4, name
+        batch = transform.resize_crop_batch([image.cuda(), image.cuda()])
+        assert batch.device.type == "cuda" and batch.shape == (2, 3, 224, 224)
