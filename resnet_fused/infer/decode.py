@@ -16,21 +16,31 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 # What a folder scan picks up (the usual image suffixes, as torchvision's ImageFolder); files
 # named explicitly are decoded whatever their suffix.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
                     ".gif")
-# Pillow's own decompression-bomb threshold (it warns above it and refuses at twice it).
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Pillow's default decompression-bomb threshold, Image.MAX_IMAGE_PIXELS (it warns above it and
+# refuses at twice it).
+DEFAULT_MAX_PIXELS = 89_478_485
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class DecodeError(Exception):
     """An image that cannot be used; ``str()`` is the reason written to the errors file."""
+
+
+def pillow():
+    """Pillow's ``Image`` module. Imported on first use, so the rest of the package (and the
+    command line's ``--help``) works without Pillow; the job checks for it before any work."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError("decoding images needs Pillow: `pip install pillow`") from e
+    return Image
 
 
 def read_bytes(path: str) -> bytes:
@@ -48,7 +58,8 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == _JPEG_MAGIC
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: bytes, max_pixels: int):
+    Image = pillow()  # the module, under its usual name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -67,7 +78,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _sixteen_bit_to_rgb(image: Image.Image) -> np.ndarray:
+def _sixteen_bit_to_rgb(image) -> np.ndarray:
     # Pillow's convert("RGB") clips 16-bit values at 255 instead of scaling them: scale here,
     # rounding v * 255 / 65535.
     values = np.asarray(image, dtype=np.int64).clip(0, 65535)

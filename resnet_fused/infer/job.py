@@ -31,7 +31,13 @@ from ..backends import CHOICES
 from ..progress import counter
 from .checkpoint import build_fused, build_reference, checkpoint_classes, fingerprint
 from .checkpoint import read_checkpoint as _read_checkpoint
-from .decode import DEFAULT_MAX_PIXELS, BatchDecoder, DecodeError, decode_jpegs_on_device
+from .decode import (
+    DEFAULT_MAX_PIXELS,
+    BatchDecoder,
+    DecodeError,
+    decode_jpegs_on_device,
+    pillow,
+)
 from .decode import torchvision_gpu_decoder as _gpu_decoder
 from .distributed import RankError, World, init_world, make_batches, shard
 from .loader import Batch, ImageFiles, make_loader
@@ -256,6 +262,10 @@ class _Setup:
 
 def _setup(options: JobOptions, world: World) -> _Setup:
     kind = options.kind
+    try:
+        pillow()
+    except ImportError as e:
+        raise JobError(str(e)) from e
     if kind not in ("predict", "extract"):
         raise JobError(f"kind must be predict or extract, got {kind!r}")
     if options.backend not in CHOICES:
