@@ -2,7 +2,7 @@
 
     python benchmarks/infer_pipeline.py                      # CPU defaults: 256 images, resnet50
     python benchmarks/infer_pipeline.py --device cuda --dtype bfloat16 --batch-size 256 \\
-        --images 10240 --workers 8 --decode cpu gpu          # the GPU session's run
+        --images 8192 --workers 8 --decode cpu gpu           # the GPU session's run
 
 Each round runs every variant once, interleaved (a shared machine's load hits them alike):
 
@@ -15,8 +15,9 @@ Each round runs every variant once, interleaved (a shared machine's load hits th
 The corpus is real photographs (scikit-image's samples) re-encoded as JPEGs at ImageNet-like sizes
 (random crops, 333-640 px sides), or ``--corpus DIR``; without scikit-image, synthetic colour
 fields (the record says which). Weights are random with non-trivial
-BatchNorm statistics (speed does not depend on the values). Writes ``NAME.json`` (every round,
-the machine, versions, load average, the command) and ``NAME.md`` (the table) to ``--out-dir``.
+BatchNorm statistics (speed does not depend on the values). Prints every round and a table;
+``--json`` keeps the record (every round, the machine, versions, load average, the command),
+``--md`` the table.
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", nargs="+", default=None, choices=("cpu", "gpu"),
                         help="job variants' decoders (default: cpu; gpu also on a GPU)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out-dir", default=None, help="write NAME.json and NAME.md here")
-    parser.add_argument("--name", default=None, help="default: <date>-<device>-infer")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the record here")
+    parser.add_argument("--md", default=None, metavar="PATH", help="write the table here")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -152,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or ([min(8, os.cpu_count() or 1)] if cuda else [1, 2])
     decoders = args.decode or (["cpu", "gpu"] if cuda else ["cpu"])
     stamp = datetime.datetime.now(datetime.timezone.utc)
-    name = args.name or f"{stamp:%Y-%m-%d}-{device.type}-infer"
     record = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
               "date": stamp.isoformat(timespec="seconds"), "machine": machine(device),
               "model": args.model, "dtype": dtype, "batch_size": batch_size,
@@ -218,12 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     record["load_average_end"] = load_average()
     table = summarize(record)
     print(table)
-    if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)
-        with open(os.path.join(args.out_dir, name + ".json"), "w") as f:
-            json.dump(record, f, indent=1)
-        with open(os.path.join(args.out_dir, name + ".md"), "w") as f:
-            f.write(table + "\n")
+    for path, text in ((args.json, json.dumps(record, indent=1)), (args.md, table)):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text + "\n")
     return 0
 
 

@@ -216,7 +216,7 @@ def test_cli_exit_status_and_summary(data, tmp_path, capsys):
     assert status == 0
     printed = capsys.readouterr().out
     assert f"extract: {len(data['good'])} images -> {out}" in printed
-    assert "time split, main process" in printed and "model alone" in printed
+    assert "time split, main process" in printed and "the model phase alone" in printed
     assert main(["extract", str(data["root"] / "photos"), "--weights", data["ckpt"],
                  "--out", str(tmp_path / "g.npy")]) == 2  # resnet50 by default: a clear error
     assert "error: weights: the checkpoint is resnet18" in capsys.readouterr().err

@@ -154,7 +154,7 @@ class Summary:
                                                     if self.errors else "")
                      + (f"; {self.resumed} were done by an earlier run" if self.resumed else ""))
         if self.status != "done":
-            lines.append(f"  {self.status}: nothing to do (overwrite to redo)")
+            lines.append(f"  {self.status}: nothing to do (--overwrite to redo it)")
         else:
             t = self.times
             ranks = f"{self.world_size} ranks, " if self.world_size > 1 else ""
@@ -163,7 +163,8 @@ class Summary:
                          f"{self.merge_s:.1f} s")
             lines.append(f"  {self.images_per_s:.1f} images/s end to end ({ranks}{self.device}, "
                          f"{self.dtype}, batch {self.batch_size}, backend {self.backend}, "
-                         f"{self.decoder} decode, {self.workers} workers per rank)")
+                         f"{self.decoder} decode, {self.workers} DataLoader worker"
+                         f"{'s' if self.workers != 1 else ''}{' per rank' if ranks else ''})")
             main = {"waiting for decoded images": t.wait, "preprocess": t.preprocess,
                     "model": t.model, "write": t.write}
             if self.decoder != "cpu":
@@ -179,9 +180,9 @@ class Summary:
                          f"resize+crop {t.resize:.1f} s")
             if t.model > 0:
                 per_rank = self.model_images / t.model * self.world_size
-                lines.append(f"  model alone: {per_rank:.1f} images/s; the pipeline runs at "
-                             f"{100 * self.images_per_s / per_rank:.0f}% of that; the main "
-                             f"process spends most time on: {max(main, key=main.get)}")
+                lines.append(f"  the model phase alone runs at {per_rank:.1f} images/s, the whole "
+                             f"pipeline at {100 * self.images_per_s / per_rank:.0f}% of that; "
+                             f"most time goes to: {max(main, key=main.get)}")
         for path, reason in self.errors[:max_errors]:
             lines.append(f"  bad image: {path}: {reason}")
         if len(self.errors) > max_errors:
