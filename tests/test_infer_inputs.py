@@ -235,3 +235,32 @@ def test_parts_of_several_ranks_are_read_together(tmp_path):
     with pytest.raises(ValueError, match=r"column features: expected rows of shape \(1, 2\)"):
         with PartWriter(str(tmp_path), 0, cols) as w:
             w.write(["z"], {"features": np.zeros((1, 3), np.float32)})
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+def test_a_batch_packs_its_images_into_a_few_tensors(bad, generator):
+    from resnet_fused.infer.loader import Sample, collate
+
+    decoded = [decode_pil(read_bytes(bad[c])) for c in ("grayscale", "rgba", "cmyk")]
+    jpegs = [_encoded(bad["big"]), _encoded(bad["truncated"])]
+    samples = [Sample("a", image=decoded[0]), Sample("j1", encoded=jpegs[0]),
+               Sample("bad", error="empty file (0 bytes)", decode_s=0.5),
+               Sample("b", image=decoded[1]), Sample("j2", encoded=jpegs[1]),
+               Sample("c", image=decoded[2])]
+    batch = collate(samples)
+    # Each tensor crosses from a worker through its own shared-memory file: a batch holds at
+    # most two (decoded pixels or crops, and JPEG bytes), whatever its size.
+    assert sum(isinstance(v, torch.Tensor) for v in vars(batch).values()) == 2
+    assert batch.paths == ["a", "j1", "b", "j2", "c"] and len(batch) == 6
+    assert batch.errors == [("bad", "empty file (0 bytes)")] and batch.decode_s == 0.5
+    assert batch.order == [("image", 0), ("encoded", 0), ("image", 1), ("encoded", 1),
+                           ("image", 2)]
+    for got, want in zip(batch.images(torch.device("cpu")), decoded, strict=True):
+        assert torch.equal(got, want)
+    for got, want in zip(batch.encoded(), jpegs, strict=True):
+        assert torch.equal(got, want)
+    crops = [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=generator)
+             for _ in range(3)]
+    stacked = collate([Sample(str(i), image=t) for i, t in enumerate(crops)])
+    assert stacked.pixels is None and torch.equal(stacked.crops, torch.stack(crops))

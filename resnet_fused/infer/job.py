@@ -396,23 +396,23 @@ def _to_model_input(batch: Batch, setup: _Setup, times: Times) -> tuple[
     errors: list[tuple[str, str]] = []
     if not batch.paths:
         return None, [], errors
-    if isinstance(batch.images, Tensor) and not batch.encoded:
-        images = batch.images.to(device, non_blocking=True)
+    if batch.crops is not None:  # one size for all: resized in the workers, or same-size photos
+        images = batch.crops.to(device, non_blocking=True)
         if not setup.resize_in_workers:
             images = transform.resize_crop_stacked(images)
         paths = batch.paths
     else:
-        decoded = []
-        if batch.encoded:
+        decoded: list = []
+        if batch.jpeg is not None:
             start = time.perf_counter()
-            decoded = decode_jpegs_on_device(batch.encoded, device, setup.decoder,
+            decoded = decode_jpegs_on_device(batch.encoded(), device, setup.decoder,
                                              setup.max_pixels)
             _sync(device)
             times.gpu_decode += time.perf_counter() - start
+        pixels = batch.images(device)
         items, paths = [], []
         for (where, i), path in zip(batch.order, batch.paths, strict=True):
-            item = batch.images[i].to(device, non_blocking=True) if where == "image" \
-                else decoded[i]
+            item = pixels[i] if where == "image" else decoded[i]
             if isinstance(item, DecodeError):
                 errors.append((path, str(item)))
             else:

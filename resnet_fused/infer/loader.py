@@ -74,13 +74,23 @@ class ImageFiles(Dataset):
 
 @dataclass
 class Batch:
-    """What one batch of the loader holds. ``order`` lists, per usable image in input order,
-    ``("image", i)`` into ``images`` or ``("encoded", i)`` into ``encoded``."""
+    """One batch from the loader, packed into a few tensors: a worker hands each tensor to the
+    main process through its own shared-memory file, so a batch of 256 separate images would
+    hold 256 file descriptors (and prefetching dozens of batches can exhaust the process's limit).
+
+    ``order`` lists, per usable image in input order, ``("image", i)`` (the i-th decoded image)
+    or ``("encoded", i)`` (the i-th JPEG for the batched decoder). Decoded images are either
+    ``crops`` (all resized and cropped in the workers: one (N, 3, c, c) tensor) or packed in
+    ``pixels`` (each (H, W, 3), flattened one after the other; sizes in ``shapes``). JPEG bytes
+    are packed in ``jpeg`` (lengths in ``jpeg_sizes``)."""
 
     paths: list[str] = field(default_factory=list)
     order: list[tuple[str, int]] = field(default_factory=list)
-    images: list[Tensor] | Tensor = field(default_factory=list)
-    encoded: list[Tensor] = field(default_factory=list)
+    crops: Tensor | None = None
+    pixels: Tensor | None = None
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    jpeg: Tensor | None = None
+    jpeg_sizes: list[int] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     decode_s: float = 0.0
     resize_s: float = 0.0
@@ -91,33 +101,50 @@ class Batch:
     def pin_memory(self) -> Batch:
         # DataLoader(pin_memory=True) calls this in its pinning thread: page-locked host memory
         # makes the copies to the GPU asynchronous.
-        if isinstance(self.images, Tensor):
-            self.images = self.images.pin_memory()
-        else:
-            self.images = [t.pin_memory() for t in self.images]
-        self.encoded = [t.pin_memory() for t in self.encoded]
+        for name in ("crops", "pixels", "jpeg"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).pin_memory())
         return self
+
+    def images(self, device: torch.device) -> list[Tensor]:
+        """The packed decoded images on ``device`` (one copy), each uint8 (3, H, W)."""
+        if self.pixels is None:
+            return []
+        flat = self.pixels.to(device, non_blocking=True)
+        pieces = flat.split([h * w * 3 for h, w in self.shapes])
+        return [p.view(h, w, 3).permute(2, 0, 1) for p, (h, w) in zip(pieces, self.shapes,
+                                                                         strict=True)]
+
+    def encoded(self) -> list[Tensor]:
+        """The packed JPEG files, each a 1-D uint8 CPU tensor (views, no copy)."""
+        return [] if self.jpeg is None else list(self.jpeg.split(self.jpeg_sizes))
 
 
 def collate(samples: Sequence[Sample]) -> Batch:
     batch = Batch()
     images: list[Tensor] = []
+    jpegs: list[Tensor] = []
     for s in samples:
         batch.decode_s += s.decode_s
         batch.resize_s += s.resize_s
         if s.error is not None:
             batch.errors.append((s.path, s.error))
         elif s.encoded is not None:
-            batch.order.append(("encoded", len(batch.encoded)))
-            batch.encoded.append(s.encoded)
+            batch.order.append(("encoded", len(jpegs)))
+            jpegs.append(s.encoded)
             batch.paths.append(s.path)
         else:
             batch.order.append(("image", len(images)))
             images.append(s.image)
             batch.paths.append(s.path)
-    # Images resized and cropped in the workers share one size: one tensor, one copy.
-    same = images and all(t.shape == images[0].shape for t in images)
-    batch.images = torch.stack(images) if same and not batch.encoded else images
+    if jpegs:
+        batch.jpeg = torch.cat(jpegs)
+        batch.jpeg_sizes = [t.numel() for t in jpegs]
+    if images and not jpegs and all(t.shape == images[0].shape for t in images):
+        batch.crops = torch.stack(images)
+    elif images:
+        batch.pixels = torch.cat([t.permute(1, 2, 0).reshape(-1) for t in images])
+        batch.shapes = [tuple(t.shape[1:]) for t in images]
     return batch
 
 
