@@ -189,6 +189,22 @@ def test_torchvision_that_fails_to_import_means_no_gpu_decoder(monkeypatch):
     assert "torchvision::nms does not exist" in why
 
 
+def test_probe_tells_a_working_decoder_from_a_broken_one():
+    def pillow_decoder(encoded, device):
+        return [decode_pil(e.numpy().tobytes()).to(device) for e in encoded]
+
+    def broken(encoded, device):
+        raise RuntimeError("Couldn't load the image extension")
+
+    def wrong(encoded, device):
+        return [torch.zeros(3, 16, 16, dtype=torch.uint8) for _ in encoded]
+
+    cpu = torch.device("cpu")
+    assert decode_mod.probe_decoder(pillow_decoder, cpu) is None
+    assert "Couldn't load the image extension" in decode_mod.probe_decoder(broken, cpu)
+    assert "wrongly" in decode_mod.probe_decoder(wrong, cpu)
+
+
 # -- part files ----------------------------------------------------------------------------------
 
 def test_parts_trust_only_complete_rows_and_a_reopen_cuts_the_tail(tmp_path, generator):

@@ -145,6 +145,24 @@ def torchvision_gpu_decoder() -> tuple[BatchDecoder | None, str]:
     return decode, "torchvision.io.decode_jpeg"
 
 
+def probe_decoder(decoder: BatchDecoder, device: torch.device) -> str | None:
+    """None if ``decoder`` decodes a small JPEG on ``device`` correctly, else why not (e.g. a
+    torchvision whose image extension failed to load imports fine but cannot decode)."""
+    Image = pillow()  # the module, under its usual name
+    pixels = np.zeros((16, 16, 3), dtype=np.uint8)
+    pixels[:, :, 0] = 200
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    encoded = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    try:
+        image = _checked(decoder([encoded], device), 1)[0]
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    if tuple(image.shape) != (3, 16, 16) or abs(image[0].float().mean().item() - 200) > 8:
+        return "it decoded a test JPEG wrongly"
+    return None
+
+
 def decode_jpegs_on_device(encoded: Sequence[Tensor], device: torch.device,
                            decoder: BatchDecoder,
                            max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Tensor | DecodeError]:

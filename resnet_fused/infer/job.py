@@ -37,6 +37,7 @@ from .decode import (
     DecodeError,
     decode_jpegs_on_device,
     pillow,
+    probe_decoder,
 )
 from .decode import torchvision_gpu_decoder as _gpu_decoder
 from .distributed import RankError, World, init_world, make_batches, shard
@@ -315,6 +316,8 @@ def _setup(options: JobOptions, world: World) -> _Setup:
         decoder, decoder_name = options.batch_decoder, "custom"
     elif options.decode != "cpu" and device.type == "cuda":
         decoder, why = _gpu_decoder()
+        if decoder is not None and (problem := probe_decoder(decoder, device)) is not None:
+            decoder, why = None, f"torchvision.io cannot decode a test JPEG: {problem}"
         if decoder is not None:
             decoder_name = "gpu"
         elif options.decode == "gpu":
