@@ -94,7 +94,8 @@ def bad_corpus(root: str) -> dict[str, str]:
     """Damaged or unusual copies of the photographs: case -> path. Cases that must work are
     ``cmyk``, ``sixteen_bit``, ``grayscale``, ``big``, ``rgba``; the rest must be listed."""
     os.makedirs(root, exist_ok=True)
-    rocket = open(shipped("rocket.jpg"), "rb").read()
+    with open(shipped("rocket.jpg"), "rb") as f:
+        rocket = f.read()
     cases = {
         "truncated": ("truncated.jpg", rocket[: len(rocket) // 2]),
         "empty": ("empty.jpg", b""),

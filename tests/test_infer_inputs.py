@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_listing_order_dedup_globs_and_suffixes(tmp_path):
     paths = good_corpus(root)
     (tmp_path / "photos" / "readme.txt").write_text("not listed by a folder scan")
     explicit = tmp_path / "one.dat"
-    explicit.write_bytes(open(paths[0], "rb").read())
+    explicit.write_bytes(pathlib.Path(paths[0]).read_bytes())
     # A folder lists its images in name order, sub-folders in place; a file named explicitly is
     # taken whatever its suffix; a file met twice is kept at its first place.
     listed = list_images([str(explicit), root, paths[0], os.path.join(root, "sub", "*.png")])
