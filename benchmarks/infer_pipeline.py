@@ -230,8 +230,8 @@ def summarize(record: dict) -> str:
     by_variant: dict[str, list[dict]] = {}
     for row in record["rounds"]:
         by_variant.setdefault(row["variant"], []).append(row)
-    model_rate = statistics.median(r["images_per_s"] for r in by_variant.get("model", [])) \
-        if "model" in by_variant else float("nan")
+    # The same round's model-alone rate: paired ratios cancel load that drifts between rounds.
+    model_by_round = {r["round"]: r["images_per_s"] for r in by_variant.get("model", [])}
     m = record["machine"]
     lines = [f"# predict/extract pipeline vs model alone: {record['model']}, {record['dtype']}, "
              f"batch {record['batch_size']}, {record['images']} images",
@@ -242,13 +242,17 @@ def summarize(record: dict) -> str:
              f"Corpus: {record['corpus']} ({record['corpus_mb']:.1f} MB).",
              f"Command: `{record['command']}`",
              "",
-             "| variant | images/s median (min-max) | vs model alone | wait | preprocess | "
-             "model | write | worker decode (CPU s) | worker resize (CPU s) |",
+             "| variant | images/s median (min-max) | vs model alone, same round: median "
+             "(min-max) | wait | preprocess | model | write | worker decode (CPU s) | "
+             "worker resize (CPU s) |",
              "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for variant, rows in by_variant.items():
         rates = [r["images_per_s"] for r in rows]
+        ratios = [r["images_per_s"] / model_by_round[r["round"]] for r in rows
+                  if r["round"] in model_by_round]
         cells = [variant, f"{statistics.median(rates):.1f} ({min(rates):.1f}-{max(rates):.1f})",
-                 f"{statistics.median(rates) / model_rate:.0%}"]
+                 f"{statistics.median(ratios):.0%} ({min(ratios):.0%}-{max(ratios):.0%})"
+                 if ratios else "-"]
         if "times_s" in rows[0]:
             for key in ("wait", "preprocess", "model", "write", "decode", "resize"):
                 cells.append(f"{statistics.median(r['times_s'][key] for r in rows):.2f}")
