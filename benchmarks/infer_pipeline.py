@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", default=None, help="use these images instead (a folder)")
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="default: 32 on CPU, 256 on GPU")
+                        help="default: 8 on CPU, 256 on GPU")
     parser.add_argument("--dtype", default=None, help="default: float32 CPU, bfloat16 GPU")
     parser.add_argument("--device", default=None)
     parser.add_argument("--backend", default="auto")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    batch_size = args.batch_size or (256 if cuda else 32)
+    batch_size = args.batch_size or (256 if cuda else 8)
     workers = args.workers or ([min(8, os.cpu_count() or 1)] if cuda else [1, 2])
     decoders = args.decode or (["cpu", "gpu"] if cuda else ["cpu"])
     stamp = datetime.datetime.now(datetime.timezone.utc)

@@ -29,7 +29,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_help: str) -> None
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="compute dtype (default: float32 on CPU, bfloat16 on GPU)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per batch (default: 32 on CPU, 256 on GPU)")
+                        help="images per batch (default: 8 on CPU, 256 on GPU)")
     parser.add_argument("--backend", choices=CHOICES, default="auto",
                         help="fused kernels to use (default auto: cuda, then triton on GPU; cpu "
                              "on CPU)")

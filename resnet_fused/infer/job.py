@@ -79,7 +79,7 @@ class JobOptions:
     labels: str | os.PathLike | None = None  # predict: one class name per line
     topk: int = 5
     dtype: str | torch.dtype | None = None  # default: float32 on CPU, bfloat16 on GPU
-    batch_size: int | None = None  # default: 32 on CPU, 256 on GPU
+    batch_size: int | None = None  # default: 8 on CPU (faster per image there), 256 on GPU
     backend: str = "auto"
     device: str | torch.device | None = None  # default: cuda if visible, else cpu
     workers: int | None = None  # DataLoader workers; default: 1 on CPU, min(8, cores) on GPU
@@ -276,7 +276,7 @@ def _setup(options: JobOptions, world: World) -> _Setup:
         raise JobError(f"decode must be one of {', '.join(DECODERS)}, got {options.decode!r}")
     device = _parse_device(options.device, world)
     dtype = _parse_dtype(options.dtype, device)
-    batch_size = _positive("batch_size", options.batch_size, 256 if device.type == "cuda" else 32)
+    batch_size = _positive("batch_size", options.batch_size, 256 if device.type == "cuda" else 8)
     cores = os.cpu_count() or 1
     workers = options.workers
     if workers is None:
