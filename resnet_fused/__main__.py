@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "numerics of each backend vs the reference (a table)"),
     "bench": ("bench.cli", "throughput of the fused model vs the baselines (progress bar)"),
     "sweep": ("sweep", "seeded randomized conv_bn_act sweep of chosen backends vs the reference"),
+    "predict": ("infer.command_predict", "top-k classes of every image in files/folders/globs"),
+    "extract": ("infer.command_extract", "pooled features of every image in files/folders/globs"),
 }
 MAIN_JOB = ("info", "check", "bench")
 

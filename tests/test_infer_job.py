@@ -1,0 +1,362 @@
+"""The predict/extract job end to end on the CPU: real photographs (and damaged copies) in, the
+fused model's outputs checked against the reference model on the same preprocessed batch, the
+output files, bad images, clear errors before any work, resume after a kill, rerun, overwrite."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from infer_corpus import LISTED, WORKS, bad_corpus, good_corpus, random_checkpoint
+
+import resnet_fused
+from resnet_fused.__main__ import main
+from resnet_fused.infer import (
+    CheckpointError,
+    EvalTransform,
+    JobError,
+    SourceError,
+    extract,
+    predict,
+    read_errors,
+    read_features,
+)
+from resnet_fused.infer.decode import decode_pil, read_bytes
+from resnet_fused.infer.parts import PartWriter
+from resnet_fused.testing import relative_error, tolerance
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Bit-for-bit comparisons (resume, decoder paths) run on the CPU whatever the machine has.
+FAST = dict(model="resnet18", batch_size=4, workers=1, progress=False, device="cpu")
+# The numerics tests also run on a GPU when there is one (fp32 there may use TF32: its bound).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    good = good_corpus(str(root / "photos"))
+    bad = bad_corpus(str(root / "bad"))
+    ckpt = random_checkpoint(str(root / "r18.pth"), "resnet18", num_classes=10, seed=1)
+    labels = root / "labels.txt"
+    labels.write_text("".join(f"class number {i}\n" for i in range(10)))
+    return {"root": root, "good": good, "bad": bad, "ckpt": ckpt, "labels": str(labels)}
+
+
+def reference_outputs(arch: str, ckpt: str, paths: list[str], dtype=torch.float64):
+    """Features and logits of the reference model on the job's preprocessing of ``paths``."""
+    model = getattr(resnet_fused, arch)(num_classes=10, weights=ckpt).eval().to(dtype)
+    transform = EvalTransform()
+    batch = torch.stack([transform.resize_crop(decode_pil(read_bytes(p))) for p in paths])
+    x = transform.normalize(batch).to(dtype)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        return features, model.fc(features)
+
+
+def assert_rows_close(rows: np.ndarray, ref: torch.Tensor, bound: float) -> None:
+    assert rows.shape == tuple(ref.shape)
+    for i in range(rows.shape[0]):  # every image within the bound, not just on average
+        err = relative_error(torch.from_numpy(np.array(rows[i])), ref[i])
+        assert err <= bound, f"row {i}: relative error {err:.3g} > {bound}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_extract_matches_the_reference_and_lists_bad_images(data, tmp_path, device):
+    bad = data["bad"]
+    inputs = [*data["good"], *(bad[c] for c in LISTED), *(bad[c] for c in WORKS)]
+    out = tmp_path / "features.npy"
+    # decode="cpu": the reference below decodes with Pillow, so both see the same pixels.
+    summary = extract(inputs, data["ckpt"], out, **{**FAST, "device": device},
+                      dtype="float32", decode="cpu")
+
+    features, paths = read_features(out)
+    usable = [p for p in inputs if p not in {bad[c] for c in LISTED}]
+    assert paths == usable  # input order, bad images left out
+    assert features.dtype == np.float32 and features.shape == (len(usable), 512)
+    ref_features, _ = reference_outputs("resnet18", data["ckpt"], usable)
+    assert_rows_close(features, ref_features, tolerance(torch.float32, "model", device))
+
+    errors = read_errors(out, "extract")
+    assert [p for p, _ in errors] == [bad[c] for c in LISTED]  # in input order, with reasons
+    reasons = dict(errors)
+    assert "truncated" in reasons[bad["truncated"]]
+    assert "empty file" in reasons[bad["empty"]]
+    assert "not an image" in reasons[bad["not_an_image"]]
+    assert "too large" in reasons[bad["bomb"]] and "too large" in reasons[bad["over_limit"]]
+    assert summary.ok == len(usable) and len(summary.errors) == len(LISTED)
+    assert summary.processed == len(inputs) and summary.status == "done"
+    text = summary.report()
+    for phrase in ("waiting for decoded images", "preprocess", "model", "write",
+                   "decode workers", "images/s", "bad image: " + bad["empty"]):
+        assert phrase in text
+    manifest = json.loads((tmp_path / "features.npy.job.json").read_text())
+    assert manifest["complete"] and manifest["ok"] == len(usable)
+    assert manifest["last_run"]["times_s"]["model"] > 0
+    assert not (tmp_path / "features.npy.parts").exists()  # the parts are merged and removed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_predict_csv_and_jsonl_match_the_reference(data, tmp_path, device):
+    paths = data["good"][:6]
+    csv_out, jsonl_out = tmp_path / "preds.csv", tmp_path / "preds.jsonl"
+    options = {**FAST, "device": device, "dtype": "float32", "decode": "cpu"}
+    predict(paths, data["ckpt"], csv_out, labels=data["labels"], topk=3, **options)
+    predict(paths, data["ckpt"], jsonl_out, topk=3, **options)
+
+    with open(csv_out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "class_1", "label_1", "prob_1", "class_2", "label_2", "prob_2",
+                       "class_3", "label_3", "prob_3"]
+    lines = [json.loads(x) for x in jsonl_out.read_text().splitlines()]
+    assert [r[0] for r in rows[1:]] == [x["path"] for x in lines] == paths
+
+    _, logits = reference_outputs("resnet18", data["ckpt"], paths)
+    ref_probs = logits.softmax(dim=1)
+    bound = tolerance(torch.float32, "model", device)
+    for row, line, ref in zip(rows[1:], lines, ref_probs, strict=True):
+        classes = [int(c) for c in row[1::3]]
+        assert row[2::3] == [f"class number {c}" for c in classes]
+        probs = torch.tensor([float(p) for p in row[3::3]], dtype=torch.float64)
+        assert classes == line["classes"] and "labels" not in line
+        assert [float(p) for p in row[3::3]] == line["probs"]
+        # The job's probabilities are the reference's for those classes ...
+        assert relative_error(probs, ref[classes]) <= bound
+        # ... and the classes are the reference's top 3 (ties aside: none this close here).
+        top = ref.topk(4)
+        assert (top.values[:3] - top.values[1:]).min() > 1e-4
+        assert classes == top.indices[:3].tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resnet50_bfloat16_within_the_bf16_bound(tmp_path, data, device):
+    ckpt = random_checkpoint(str(tmp_path / "r50.pth"), "resnet50", num_classes=10, seed=2)
+    paths = data["good"][:3]
+    extract(paths, ckpt, tmp_path / "f.npy", model="resnet50", dtype="bfloat16", batch_size=3,
+            workers=0, progress=False, device=device, decode="cpu")
+    features, listed = read_features(tmp_path / "f.npy")
+    assert listed == paths and features.shape == (3, 2048)
+    ref_features, _ = reference_outputs("resnet50", ckpt, paths, dtype=torch.float32)
+    err = relative_error(torch.from_numpy(np.array(features)), ref_features)
+    assert err <= tolerance(torch.bfloat16, "model")
+
+
+# -- clear errors before any work -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def other_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    return {"r34": random_checkpoint(str(root / "r34.pth"), "resnet34", num_classes=10),
+            "r50_1000": random_checkpoint(str(root / "r50.pth"), "resnet50", num_classes=1000)}
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("missing folder", SourceError, r"no such file or folder"),
+    ("glob matches nothing", SourceError, r"matches no file"),
+    ("missing checkpoint", CheckpointError, r"no such checkpoint file"),
+    ("corrupt checkpoint", CheckpointError, r"cannot read checkpoint"),
+    ("other depth", CheckpointError, r"the checkpoint is resnet34 with 10 classes, not a "
+                                     r"resnet18 \(pass --model resnet34\)"),
+    ("other block type", CheckpointError, r"the checkpoint is resnet50 with 1000 classes, not a "
+                                          r"resnet18 \(pass --model resnet50\)"),
+    ("other class count", CheckpointError, r"the checkpoint has 10 classes .* but 1000 were "
+                                           r"asked for \(pass --num-classes 10"),
+    ("labels count", JobError, r"has 1000 labels but the checkpoint has 10 classes"),
+    ("topk", JobError, r"topk \(11\) is more than the checkpoint's 10 classes"),
+    ("out suffix", JobError, r"predict writes \.csv or \.jsonl files"),
+    ("resize < crop", JobError, r"resize \(200\) must be >= crop \(224\)"),
+])
+def test_clear_errors_before_any_work(data, other_checkpoints, tmp_path, case, error, message):
+    out_dir = tmp_path / "out"
+    kwargs = dict(paths=[data["root"] / "photos"], weights=data["ckpt"],
+                  out=out_dir / "p.csv", **FAST)
+    if case == "missing folder":
+        kwargs["paths"] = [data["root"] / "no-such-folder"]
+    elif case == "glob matches nothing":
+        kwargs["paths"] = [str(data["root"] / "photos" / "*.webp")]
+    elif case == "missing checkpoint":
+        kwargs["weights"] = tmp_path / "nope.pth"
+    elif case == "corrupt checkpoint":
+        (tmp_path / "corrupt.pth").write_bytes(b"\x80\x02 not a checkpoint")
+        kwargs["weights"] = tmp_path / "corrupt.pth"
+    elif case == "other depth":
+        kwargs["weights"] = other_checkpoints["r34"]
+    elif case == "other block type":
+        kwargs["weights"] = other_checkpoints["r50_1000"]
+    elif case == "other class count":
+        kwargs["num_classes"] = 1000
+    elif case == "labels count":
+        (tmp_path / "labels.txt").write_text("x\n" * 1000)
+        kwargs["labels"] = tmp_path / "labels.txt"
+    elif case == "topk":
+        kwargs["topk"] = 11
+    elif case == "out suffix":
+        kwargs["out"] = out_dir / "p.npy"
+    elif case == "resize < crop":
+        kwargs["resize"] = 200
+    with pytest.raises(error, match=message):
+        predict(**kwargs)
+    assert not out_dir.exists() or not any(out_dir.iterdir())  # nothing was started
+
+
+def test_cli_exit_status_and_summary(data, tmp_path, capsys):
+    out = tmp_path / "f.npy"
+    status = main(["extract", str(data["root"] / "photos"), "--weights", data["ckpt"],
+                   "--model", "resnet18", "--out", str(out), "--batch-size", "4",
+                   "--workers", "0", "--no-progress", "--device", "cpu"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert f"extract: {len(data['good'])} images -> {out}" in printed
+    assert "time split, main process" in printed and "the model phase alone" in printed
+    assert main(["extract", str(data["root"] / "photos"), "--weights", data["ckpt"],
+                 "--out", str(tmp_path / "g.npy")]) == 2  # resnet50 by default: a clear error
+    assert "error: weights: the checkpoint is resnet18" in capsys.readouterr().err
+
+
+# -- rerun, overwrite, resume ---------------------------------------------------------------------
+
+def test_finished_job_is_not_redone_and_overwrite_redoes_it(data, tmp_path):
+    paths, out = data["good"][:4], tmp_path / "f.npy"
+    extract(paths, data["ckpt"], out, **FAST)
+    before = out.stat().st_mtime_ns
+    again = extract(paths, data["ckpt"], out, **FAST)
+    assert again.status == "already complete" and again.processed == 0 and again.ok == 4
+    assert out.stat().st_mtime_ns == before
+    with pytest.raises(JobError, match="finished for another list of inputs"):
+        extract(data["good"][:5], data["ckpt"], out, **FAST)
+    with pytest.raises(JobError, match=r"other settings \(dtype: 'float32' then, 'bfloat16'"):
+        extract(paths, data["ckpt"], out, dtype="bfloat16", **FAST)
+    redo = extract(data["good"][:5], data["ckpt"], out, overwrite=True, **FAST)
+    assert redo.status == "done" and redo.processed == 5 and redo.resumed == 0
+    assert read_features(out)[1] == data["good"][:5]
+    (tmp_path / "stranger.npy").write_bytes(b"someone else's file")
+    with pytest.raises(JobError, match="exists but no finished or partial job"):
+        extract(paths, data["ckpt"], tmp_path / "stranger.npy", **FAST)
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_output(data, tmp_path, monkeypatch):
+    paths = [*data["good"], data["bad"]["empty"]]
+    extract(paths, data["ckpt"], tmp_path / "whole.npy", **FAST)
+
+    real_write, calls = PartWriter.write, []
+
+    def crash_on_third_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a Ctrl-C or a dying process would stop the loop
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartWriter, "write", crash_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract(paths, data["ckpt"], tmp_path / "resumed.npy", **FAST)
+    monkeypatch.setattr(PartWriter, "write", real_write)
+    assert (tmp_path / "resumed.npy.parts").is_dir() and not (tmp_path / "resumed.npy").exists()
+    with pytest.raises(JobError, match="partial job with other settings"):
+        extract(paths, data["ckpt"], tmp_path / "resumed.npy", dtype="bfloat16", **FAST)
+
+    summary = extract(paths, data["ckpt"], tmp_path / "resumed.npy", **FAST)
+    assert summary.resumed == 2 * FAST["batch_size"]  # two whole batches were kept
+    assert summary.processed == len(paths) - summary.resumed
+    whole, whole_paths = read_features(tmp_path / "whole.npy")
+    resumed, resumed_paths = read_features(tmp_path / "resumed.npy")
+    assert resumed_paths == whole_paths
+    np.testing.assert_array_equal(resumed, whole)  # same batches, same arithmetic: bit for bit
+    assert read_errors(tmp_path / "resumed.npy", "extract") == \
+        read_errors(tmp_path / "whole.npy", "extract")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "resnet_fused", *args]
+
+
+def test_killed_job_rerun_gives_the_uninterrupted_output(data, tmp_path):
+    photos = good_corpus(str(tmp_path / "photos"), count=14)
+    common = ["--weights", data["ckpt"], "--model", "resnet18", "--batch-size", "2",
+              "--workers", "1", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    whole = tmp_path / "whole.csv"
+    predict([str(tmp_path / "photos")], data["ckpt"], whole, model="resnet18", batch_size=2,
+            workers=1, progress=False, device="cpu")
+
+    out = tmp_path / "killed.csv"
+    proc = subprocess.Popen(_cli("predict", str(tmp_path / "photos"), "--out", str(out),
+                                 *common), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    index = tmp_path / "killed.csv.parts" / "rank0.index.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if index.exists() and index.read_bytes().count(b"\n") >= 4:  # two batches written
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    kept = index.read_bytes().count(b"\n")
+    assert 4 <= kept < len(photos) and not out.exists()
+
+    rerun = subprocess.run(_cli("predict", str(tmp_path / "photos"), "--out", str(out),
+                                *common), check=True, env=env, cwd=REPO, capture_output=True,
+                           text=True)
+    assert "were done by an earlier run" in rerun.stdout
+    assert out.read_text() == whole.read_text()
+
+
+def test_batched_decoder_path_gives_the_cpu_paths_output(data, tmp_path):
+    """The GPU pipeline's path (JPEG bytes to the main process, one batched decode, resize of the
+    whole batch there), run on the CPU with a stand-in decoder (no GPU here): same features and
+    the same bad-image reasons as Pillow in the workers."""
+    bad = data["bad"]
+    inputs = [*data["good"], bad["truncated"], bad["cmyk"], bad["big"], bad["empty"]]
+    calls = []
+
+    def decoder(encoded, device):  # a batch holding a broken JPEG fails as a whole, like nvjpeg
+        calls.append(len(encoded))
+        return [decode_pil(e.numpy().tobytes()).to(device) for e in encoded]
+
+    extract(inputs, data["ckpt"], tmp_path / "cpu.npy", **FAST)
+    summary = extract(inputs, data["ckpt"], tmp_path / "batched.npy", batch_decoder=decoder,
+                      **FAST)
+    assert summary.decoder == "custom" and "batched decode" in summary.report()
+    assert sum(calls) >= 4  # the JPEGs came to the main process (CMYK and PNGs did not)
+    cpu, cpu_paths = read_features(tmp_path / "cpu.npy")
+    batched, batched_paths = read_features(tmp_path / "batched.npy")
+    assert batched_paths == cpu_paths
+    np.testing.assert_array_equal(batched, cpu)
+    assert read_errors(tmp_path / "batched.npy", "extract") == \
+        read_errors(tmp_path / "cpu.npy", "extract")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_jpeg_decoding_end_to_end(data, tmp_path):
+    """torchvision.io's batched GPU decoder in the job (skips where torchvision does not
+    import). Another JPEG decoder gives slightly different pixels than Pillow's libjpeg, so the
+    features are compared loosely with the Pillow-decoded run; the bad-image list must match."""
+    from resnet_fused.infer.decode import torchvision_gpu_decoder
+
+    decoder, why = torchvision_gpu_decoder()
+    if decoder is None:
+        pytest.skip(f"no GPU JPEG decoder: {why}")
+    bad = data["bad"]
+    inputs = [*data["good"], bad["truncated"], bad["cmyk"], bad["big"], bad["empty"]]
+    options = dict(model="resnet18", batch_size=4, workers=2, progress=False, device="cuda",
+                   dtype="float32")
+    extract(inputs, data["ckpt"], tmp_path / "pillow.npy", decode="cpu", **options)
+    summary = extract(inputs, data["ckpt"], tmp_path / "gpu.npy", decode="gpu", **options)
+    assert summary.decoder == "gpu" and summary.times.gpu_decode > 0
+    pillow, pillow_paths = read_features(tmp_path / "pillow.npy")
+    gpu, gpu_paths = read_features(tmp_path / "gpu.npy")
+    assert gpu_paths == pillow_paths
+    assert [p for p, _ in read_errors(tmp_path / "gpu.npy", "extract")] == \
+        [p for p, _ in read_errors(tmp_path / "pillow.npy", "extract")]
+    err = relative_error(torch.from_numpy(np.array(gpu)), torch.from_numpy(np.array(pillow)))
+    assert err < 2e-2, f"GPU-decoded features differ from Pillow-decoded ones by {err:.3g}"
