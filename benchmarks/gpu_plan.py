@@ -77,6 +77,14 @@ CALLS: dict[str, tuple[Step, ...]] = {
         Step("bench-compile", 130, "torch.compile(max-autotune, freezing) at batch 256 and 1"),
         Step("report", 30, "tables and plots from the JSON"),
     ),
+    # The user's job end to end (JPEG files in, features out) against the model alone, then
+    # whatever the session has left for ncu on the layers furthest from their floor.
+    "pipeline": (
+        Step("info", 40, "versions, nvidia-smi, the prebuilt _C loads (or build), this plan"),
+        Step("build", 240, "only if the prebuilt _C does not load"),
+        Step("bench-infer", 240, "predict/extract job vs model alone: bf16, batch 256, CPU and "
+             "GPU JPEG decode"),
+    ),
 }
 CALL_BUDGET_S = 570
 SWEEP_CUDA_CASES = 500

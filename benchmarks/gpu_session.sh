@@ -4,6 +4,7 @@
 #
 #   benchmarks/gpu_session.sh validation      # tests (CUDA, Triton), sweeps, compute-sanitizer
 #   benchmarks/gpu_session.sh performance     # benchmarks, per-layer roofline, torch.compile, report
+#   benchmarks/gpu_session.sh pipeline        # the predict/extract job end to end vs model alone
 #   benchmarks/gpu_session.sh validation --cpu-dry-run   # the same plan on a CPU, tiny sizes
 #
 # The plan (each call's steps, their order and time limits, the sweep sizes) comes from
@@ -29,11 +30,13 @@ DRY=0
 [[ "${2:-}" == "--cpu-dry-run" || "${1:-}" == "--cpu-dry-run" ]] && DRY=1
 [[ "$CALL" == "--cpu-dry-run" ]] && CALL=${2:-validation}
 case "$CALL" in
-  validation|performance) ;;
-  *) echo "usage: benchmarks/gpu_session.sh validation|performance [--cpu-dry-run]" >&2; exit 2 ;;
+  validation|performance|pipeline) ;;
+  *) echo "usage: benchmarks/gpu_session.sh validation|performance|pipeline [--cpu-dry-run]" >&2
+     exit 2 ;;
 esac
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The GPU machine has no install of this package: its scripts import it from the checkout.
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [[ $DRY == 1 ]]; then
   OUT=${OUT:-$(mktemp -d /tmp/gpu-session-dry-run.XXXXXX)}
 else
@@ -191,6 +194,7 @@ if [[ $DRY == 1 ]]; then
   COMPILE_ARGS=(--bench-models resnet18 --bench-batches 1 --bench-variants compile
                 --bench-compile no)
   ROOFLINE_ARGS=(--model resnet18 --batch 1 --iters 2 --warmup 0 --roofline --device cpu)
+  INFER_ARGS=(--device cpu --model resnet18 --images 8 --batch-size 4 --workers 1 --rounds 1)
 else
   SWEEP_CUDA=(--backends cuda)
   SWEEP_TRITON=(--backends triton)
@@ -202,8 +206,11 @@ else
   LAYER_ARGS=(--bench-layer-batches 256 --bench-layer-dtypes bfloat16)
   COMPILE_ARGS=(--bench-models resnet50 --bench-batches 256,1 --bench-dtypes bfloat16
                 --bench-variants compile --bench-compile yes)
+  # The roofline's table goes to the log (the performance call's 8 files are the JSON + report).
   ROOFLINE_ARGS=(--model resnet50 --batch 256 --dtype bfloat16 --roofline
-                 --backends reference cudnn-fused cuda triton --json "$OUT/roofline.json")
+                 --backends reference cudnn-fused cuda triton)
+  INFER_ARGS=(--device cuda --dtype bfloat16 --batch-size 256 --images 8192 --workers 8
+              --decode cpu gpu --rounds 3)
 fi
 
 log "# benchmarks/gpu_session.sh $* (OUT=$OUT)"
@@ -246,6 +253,7 @@ step bench-layers "$PY" -m pytest benchmarks/test_layer_throughput.py -q -p no:c
 step roofline "$PY" -m resnet_fused bench "${ROOFLINE_ARGS[@]}"
 step bench-compile "$PY" -m pytest benchmarks/test_model_throughput.py -q -p no:cacheprovider \
   "${COMPILE_ARGS[@]}" --benchmark-json "$OUT/bench-compile.json"
+step bench-infer "$PY" benchmarks/infer_pipeline.py "${INFER_ARGS[@]}" --json "$OUT/infer-pipeline.json"
 if [[ " $STEPS " == *" report "* ]]; then
   shopt -s nullglob
   JSONS=()
