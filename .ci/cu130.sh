@@ -33,8 +33,14 @@ fi
 PY=$VENV/bin/python
 # numpy < 2.4: triton 3.6's interpreter (the CPU test tier) converts 1-element arrays to ints,
 # which numpy 2.4 refuses (tests/conftest.py skips that tier, saying so, if it is newer).
+# The project's own dependencies and test extra, from pyproject.toml (torch is pinned above).
+DEPS=$(python3 -c '
+import re, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = project["dependencies"] + project["optional-dependencies"]["test"]
+print(" ".join(d for d in deps if re.split(r"[<>=!~ ]", d)[0] not in ("torch", "numpy")))')
 "$PY" -m pip install -q --disable-pip-version-check torch==2.11.0 'setuptools>=77' wheel ninja \
-  "numpy<2.4" tqdm pytest pytest-benchmark safetensors
+  "numpy<2.4" $DEPS
 # CUTLASS's headers for the sm_90a kernels (pyproject's `cuda` extra); --no-deps: only the headers
 # are used, not the package's Python tooling (cuda-python, scipy, ...).
 "$PY" -m pip install -q --disable-pip-version-check --no-deps nvidia-cutlass==4.2.0.0
