@@ -1,8 +1,9 @@
 """Fused inference modules and ``fuse()``, the converter from a torchvision-style ResNet.
 
 A fused ResNet is the same network with every ``conv -> BN (-> ReLU)`` and
-``conv -> BN -> +skip -> ReLU`` chain replaced by one :class:`FusedConvBNAct`, i.e. one call of
-``resnet_fused.ops.conv_bn_act``. Pooling and the classifier are the original modules.
+``conv -> BN -> +skip -> ReLU`` chain replaced by one :class:`FusedConvBNAct`: one call of
+``resnet_fused.ops.conv_bn_act``, or on the CPU one oneDNN convolution with the epilogue as
+post-ops (:mod:`resnet_fused.onednn`). Pooling and the classifier are the original modules.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import onednn, ops
 from .backends import CHOICES
 from .checks import SUPPORTED_DTYPES
 from .folding import fold_batchnorm
@@ -24,7 +25,13 @@ _EVAL_IDENTITY = {"Identity", "Dropout", "DropPath", "DropBlock2d"}
 
 
 class FusedConvBNAct(nn.Module):
-    """One fused ``conv -> BatchNorm (-> + residual) (-> ReLU)``; BN kept as fp32 scale/shift."""
+    """One fused ``conv -> BatchNorm (-> + residual) (-> ReLU)``; BN kept as fp32 scale/shift.
+
+    The buffers are the source network's numbers. With the ``cpu`` (or ``auto``) backend on CPU
+    tensors, a call runs oneDNN's convolution with BN folded into a prepared weight
+    (:class:`resnet_fused.onednn.OneDNNConv`, built from the buffers and rebuilt whenever they
+    change); otherwise, and while ``torch.compile`` traces, it calls the raw op.
+    """
 
     def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding,
                  relu: bool, backend: str = "auto") -> None:
@@ -40,6 +47,7 @@ class FusedConvBNAct(nn.Module):
         self.padding = tuple(padding)
         self.relu = relu
         self.backend = backend
+        self._onednn: onednn.OneDNNConv | None = None  # derived state, see _onednn_conv
 
     @classmethod
     def from_conv_bn(cls, conv: nn.Module, bn: nn.Module, relu: bool, backend: str,
@@ -66,6 +74,7 @@ class FusedConvBNAct(nn.Module):
         # BatchNorm stays fp32 whatever dtype the module is cast to (`.half()`, `.to(bf16)`):
         # keep the exact fp32 values and only follow the move to another device.
         scale, shift = self.scale, self.shift
+        self._onednn = None  # prepared from the old tensors; don't keep them alive
         super()._apply(fn, recurse)
         self.scale = scale.to(self.scale.device)
         self.shift = shift.to(self.shift.device)
@@ -79,9 +88,42 @@ class FusedConvBNAct(nn.Module):
     def out_channels(self) -> int:
         return self.weight.shape[0]
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None,
+                residual_is_scratch: bool = False) -> Tensor:
+        """``act(BN(conv(x)) (+ residual))``, channels_last.
+
+        ``residual_is_scratch``: the caller will not read ``residual`` again, so the CPU fast path
+        may accumulate into its buffer (oneDNN's in-place sum) instead of allocating the output.
+        """
+        if self.backend in ("cpu", "auto") and not torch.compiler.is_compiling():
+            conv = self._onednn_conv(x, residual)
+            if conv is not None:
+                return conv(x, residual, self.relu, residual_is_scratch)
         return ops.conv_bn_act(x, self.weight, self.scale, self.shift, residual, self.stride,
                                self.padding, self.relu, self.backend)
+
+    def _onednn_conv(self, x: Tensor, residual: Tensor | None) -> onednn.OneDNNConv | None:
+        """The oneDNN form of this conv for this call, or None where the raw op must run."""
+        if x.device.type != "cpu" or x.dtype not in onednn.fast_dtypes():
+            return None
+        conv = self._onednn
+        if conv is None or not conv.is_prepared_from(self.weight, self.scale, self.shift):
+            if self.weight.device.type != "cpu" or self.weight.dtype != x.dtype:
+                return None  # the raw op names the mismatch
+            conv = self._onednn = onednn.OneDNNConv(self.weight, self.scale, self.shift,
+                                                    self.stride, self.padding)
+        return conv if conv.applies(x, residual) else None
+
+    def refresh(self) -> None:
+        """Drops the prepared oneDNN weights (rebuilt on the next call from the buffers)."""
+        self._onednn = None
+
+    def __getstate__(self) -> dict:
+        # The prepared weights are derived (and oneDNN-layout tensors cannot be pickled):
+        # copies and pickles rebuild them on their first call.
+        state = self.__dict__.copy()
+        state["_onednn"] = None
+        return state
 
     def extra_repr(self) -> str:
         k, c, r, s = self.weight.shape
@@ -97,12 +139,15 @@ class FusedBlock(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.skip = skip
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, consume_input: bool = False) -> Tensor:
+        """``consume_input``: the caller will not read ``x`` again, so an identity skip path may
+        be overwritten by the residual sum (the downsample's output always may)."""
         identity = x if self.skip is None else self.skip(x)
         out = x
         for conv in self.convs[:-1]:
             out = conv(out)
-        return self.convs[-1](out, identity)
+        return self.convs[-1](out, identity,
+                              residual_is_scratch=consume_input or self.skip is not None)
 
 
 class FusedResNet(nn.Module):
@@ -145,8 +190,23 @@ class FusedResNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled features before the classifier, shape (N, num_features)."""
         x = self.maxpool(self.stem(self._check_input(x)))
-        x = self.pool(self.stages(x))
+        for stage in self.stages:
+            for block in stage:
+                # Every activation here is the model's own: blocks may overwrite their input.
+                x = block(x, consume_input=True)
+        x = self.pool(x)
         return torch.flatten(x, 1) if x.dim() > 2 else x
+
+    def refresh(self) -> None:
+        """Rebuilds the CPU fast path's prepared weights on the next call.
+
+        Not needed after updates made through PyTorch (``load_state_dict``, in-place ops,
+        assigning new tensors, ``.to()``): those are detected. Needed after writes that bypass
+        the tensors' version counters, e.g. through ``.data`` or a NumPy view.
+        """
+        for m in self.modules():
+            if isinstance(m, FusedConvBNAct):
+                m.refresh()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.forward_features(x))
