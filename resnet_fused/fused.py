@@ -96,23 +96,27 @@ class FusedConvBNAct(nn.Module):
         may accumulate into its buffer (oneDNN's in-place sum) instead of allocating the output.
         """
         if self.backend in ("cpu", "auto") and not torch.compiler.is_compiling():
-            conv = self._onednn_conv(x, residual)
+            conv = self._onednn_conv(x)
             if conv is not None:
-                return conv(x, residual, self.relu, residual_is_scratch)
+                y = conv.run(x, residual, self.relu, residual_is_scratch)
+                if y is not None:
+                    return y
         return ops.conv_bn_act(x, self.weight, self.scale, self.shift, residual, self.stride,
                                self.padding, self.relu, self.backend)
 
-    def _onednn_conv(self, x: Tensor, residual: Tensor | None) -> onednn.OneDNNConv | None:
-        """The oneDNN form of this conv for this call, or None where the raw op must run."""
-        if x.device.type != "cpu" or x.dtype not in onednn.fast_dtypes():
-            return None
+    def _onednn_conv(self, x: Tensor) -> onednn.OneDNNConv | None:
+        """The oneDNN form of this conv, prepared from the current buffers; None where the fast
+        path cannot run (not a CPU tensor, a dtype oneDNN lacks here, buffers elsewhere)."""
+        buffers = self._buffers  # not self.weight: nn.Module.__getattr__ is slow on a hot path
+        weight, scale, shift = buffers["weight"], buffers["scale"], buffers["shift"]
         conv = self._onednn
-        if conv is None or not conv.is_prepared_from(self.weight, self.scale, self.shift):
-            if self.weight.device.type != "cpu" or self.weight.dtype != x.dtype:
-                return None  # the raw op names the mismatch
-            conv = self._onednn = onednn.OneDNNConv(self.weight, self.scale, self.shift,
-                                                    self.stride, self.padding)
-        return conv if conv.applies(x, residual) else None
+        if conv is not None and conv.is_prepared_from(weight, scale, shift):
+            return conv
+        if not (x.is_cpu and weight.is_cpu and x.dtype == weight.dtype
+                and x.dtype in onednn.fast_dtypes()):
+            return None
+        conv = self._onednn = onednn.OneDNNConv(weight, scale, shift, self.stride, self.padding)
+        return conv
 
     def refresh(self) -> None:
         """Drops the prepared oneDNN weights (rebuilt on the next call from the buffers)."""
@@ -143,11 +147,11 @@ class FusedBlock(nn.Module):
         """``consume_input``: the caller will not read ``x`` again, so an identity skip path may
         be overwritten by the residual sum (the downsample's output always may)."""
         identity = x if self.skip is None else self.skip(x)
+        *body, last = self.convs
         out = x
-        for conv in self.convs[:-1]:
+        for conv in body:
             out = conv(out)
-        return self.convs[-1](out, identity,
-                              residual_is_scratch=consume_input or self.skip is not None)
+        return last(out, identity, residual_is_scratch=consume_input or self.skip is not None)
 
 
 class FusedResNet(nn.Module):

@@ -94,13 +94,16 @@ def _fingerprint(t: Tensor) -> tuple:
 class OneDNNConv:
     """A fused conv's oneDNN form, prepared from its (weight, scale, shift) and reused per shape.
 
-    Call it as ``conv(x, residual, relu, residual_is_scratch)``; callers check first that it
-    :meth:`applies` (dtype, device, shapes) and fall back to the raw op otherwise.
+    ``conv.run(x, residual, relu, residual_is_scratch)`` computes the fused conv, or returns None
+    for a call it does not handle (dtype, device, shapes): the caller then runs the raw op, which
+    also names whatever is wrong with the arguments.
     """
 
-    # Shapes whose reordered weight is kept; calls beyond that reuse the most recent one (still
-    # right: oneDNN reorders it on the fly, as it would do for any weight in another layout).
+    # Input shapes with a weight reordered for them; calls with yet other shapes reuse the most
+    # recent one (still right: oneDNN then reorders it on the fly, as for any other layout).
     MAX_SHAPES = 4
+    # Input shapes remembered at all (each entry is two references and a tuple).
+    _MAX_ENTRIES = 64
 
     def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding) -> None:
         self.stride = list(stride)
@@ -111,7 +114,9 @@ class OneDNNConv:
         self._fingerprints = tuple(_fingerprint(t) for t in self._source)
         # oneDNN's fused convolution wants the bias in the compute dtype.
         self.bias = shift.to(self.dtype)
-        self._packed: dict[tuple[int, int, int], Tensor] = {}
+        # x.shape -> (weight in oneDNN's layout for it, expected residual/output shape)
+        self._entries: dict[torch.Size, tuple[Tensor, tuple[int, ...]]] = {}
+        self._packed: dict[tuple[int, int, int], Tensor] = {}  # (N, H, W) -> packed weight
         self._last: Tensor | None = None
 
     def is_prepared_from(self, weight: Tensor, scale: Tensor, shift: Tensor) -> bool:
@@ -121,35 +126,29 @@ class OneDNNConv:
                 and (_fingerprint(weight), _fingerprint(scale), _fingerprint(shift))
                 == self._fingerprints)
 
-    def output_hw(self, h: int, w: int) -> tuple[int, int]:
-        return ((h + 2 * self.padding[0] - self.kh) // self.stride[0] + 1,
-                (w + 2 * self.padding[1] - self.kw) // self.stride[1] + 1)
-
-    def applies(self, x: Tensor, residual: Tensor | None) -> bool:
-        """Whether this call can take the fast path (else the raw op runs, and validates)."""
-        if not (x.dtype == self.dtype and x.device.type == "cpu" and x.dim() == 4
-                and x.shape[1] == self.in_channels and x.shape[0] > 0
-                and x.shape[2] + 2 * self.padding[0] >= self.kh
-                and x.shape[3] + 2 * self.padding[1] >= self.kw):
-            return False
-        if residual is None:
-            return True
-        return (residual.dtype == self.dtype and residual.device.type == "cpu"
-                and residual.shape == (x.shape[0], self.out_channels,
-                                       *self.output_hw(x.shape[2], x.shape[3])))
-
-    def packed_weight(self, x: Tensor) -> Tensor:
-        """The folded weight in oneDNN's layout for inputs shaped like ``x`` (packed once)."""
-        key = (x.shape[0], x.shape[2], x.shape[3])
+    def _entry(self, shape: torch.Size) -> tuple[Tensor, tuple[int, ...]] | None:
+        """Packed weight and output shape for inputs of this shape; None if it is not a valid
+        input (wrong rank or channels, empty batch, smaller than the kernel)."""
+        if len(shape) != 4 or shape[1] != self.in_channels or shape[0] == 0:
+            return None
+        n, _, h, w = shape
+        ho = (h + 2 * self.padding[0] - self.kh) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.kw) // self.stride[1] + 1
+        if h + 2 * self.padding[0] < self.kh or w + 2 * self.padding[1] < self.kw:
+            return None
+        key = (n, h, w)
         packed = self._packed.get(key)
         if packed is None:
-            if len(self._packed) >= self.MAX_SHAPES:
-                return self._last
-            packed = _REORDER_WEIGHT(self._fold(), self.padding, self.stride, _DILATION, 1,
-                                     [x.shape[0], self.in_channels, x.shape[2], x.shape[3]])
-            self._packed[key] = packed
-        self._last = packed
-        return packed
+            if len(self._packed) < self.MAX_SHAPES:
+                packed = self._packed[key] = _REORDER_WEIGHT(
+                    self._fold(), self.padding, self.stride, _DILATION, 1, list(shape))
+                self._last = packed
+            else:
+                packed = self._last
+        entry = (packed, (n, self.out_channels, ho, wo))
+        if len(self._entries) < self._MAX_ENTRIES:
+            self._entries[shape] = entry
+        return entry
 
     def _fold(self) -> Tensor:
         # fp32 fold, one rounding to the compute dtype; channels_last (K, R, S, C memory) is what
@@ -158,12 +157,21 @@ class OneDNNConv:
         folded = weight.float() * scale.float().view(-1, 1, 1, 1)
         return folded.to(self.dtype).contiguous(memory_format=torch.channels_last)
 
-    def __call__(self, x: Tensor, residual: Tensor | None, relu: bool,
-                 residual_is_scratch: bool = False) -> Tensor:
-        weight = self.packed_weight(x)
+    def run(self, x: Tensor, residual: Tensor | None, relu: bool,
+            residual_is_scratch: bool = False) -> Tensor | None:
+        """``act(conv(x, weight * scale) + shift (+ residual))``; None if this call is not
+        handled here (see the class docstring)."""
+        if x.dtype != self.dtype or not x.is_cpu:
+            return None
+        entry = self._entries.get(x.shape) or self._entry(x.shape)
+        if entry is None:
+            return None
+        weight, out_shape = entry
         if residual is None:
             return _CONV(x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
                          "relu" if relu else "none", [], "")
+        if residual.shape != out_shape or residual.dtype != self.dtype or not residual.is_cpu:
+            return None
         unary = "relu" if relu else None
         if residual_is_scratch and residual.is_contiguous(memory_format=torch.channels_last):
             # residual += conv(x) (oneDNN's sum post-op), then ReLU, written into residual's
@@ -175,5 +183,5 @@ class OneDNNConv:
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
-        """The (N, H, W) input shapes a packed weight is kept for."""
+        """The (N, H, W) input shapes a weight is reordered for."""
         return list(self._packed)

@@ -179,9 +179,13 @@ def test_weight_packed_once_per_shape(generator):
         for n, h in [(1, 8), (1, 8), (2, 8), (1, 10), (2, 8)]:
             x = torch.randn(n, 16, h, h, generator=generator)
             assert_close(conv(x), reference(conv, x), torch.float32)
-    assert conv._onednn.shapes == [(1, 8, 8), (2, 8, 8), (1, 10, 10)]
-    packed = conv._onednn.packed_weight(torch.empty(2, 16, 8, 8))
-    assert conv._onednn.packed_weight(torch.empty(2, 16, 8, 8)) is packed
+    prepared = conv._onednn
+    assert prepared.shapes == [(1, 8, 8), (2, 8, 8), (1, 10, 10)]
+    packed = dict(prepared._packed)
+    with torch.no_grad():
+        conv(torch.randn(2, 16, 8, 8, generator=generator))
+    assert conv._onednn is prepared
+    assert all(prepared._packed[k] is v for k, v in packed.items()), "reused, not packed again"
 
 
 def test_more_shapes_than_kept_stay_right(generator):
