@@ -18,4 +18,8 @@ TORCH_LIBRARY(resnet_fused, m) {
       "int[2] stride, int[2] padding, bool relu) -> Tensor");
   // y = relu(x + residual); the output has x's memory format.
   m.def("add_relu(Tensor x, Tensor residual) -> Tensor");
+  // Pooling of fused models (CPU): torch.max_pool2d without the indices (dilation 1, floor
+  // mode), output channels_last; and the mean over H, W as an (N, C) tensor.
+  m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+  m.def("global_avg_pool(Tensor input) -> Tensor");
 }

@@ -17,6 +17,7 @@ from . import onednn, ops
 from .backends import CHOICES
 from .checks import SUPPORTED_DTYPES
 from .folding import fold_batchnorm
+from .pooling import GlobalAvgPool, MaxPool, PackedLinear
 
 __all__ = ["FusedBlock", "FusedConvBNAct", "FusedResNet", "fuse"]
 
@@ -209,7 +210,7 @@ class FusedResNet(nn.Module):
         the tensors' version counters, e.g. through ``.data`` or a NumPy view.
         """
         for m in self.modules():
-            if isinstance(m, FusedConvBNAct):
+            if isinstance(m, (FusedConvBNAct, PackedLinear)):
                 m.refresh()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -311,7 +312,12 @@ def fuse(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = No
     if act is not None and not isinstance(act, nn.ReLU):
         raise ValueError(f"cannot convert the stem: its activation is {type(act).__name__}, "
                          "only ReLU is supported")
-    maxpool = copy.deepcopy(_child(model, ("maxpool",), "", "stem max-pool"))
+    # The CPU path also runs pooling and the classifier its own way (resnet_fused.pooling);
+    # the reference path (aten) keeps the source's modules.
+    own_head = backend in ("cpu", "auto")
+    maxpool = _child(model, ("maxpool",), "", "stem max-pool")
+    maxpool = (MaxPool.from_module(maxpool) if own_head and MaxPool.convertible(maxpool)
+               else copy.deepcopy(maxpool))
     stages = []
     for i in range(1, 5):
         layer = _child(model, (f"layer{i}",), "", f"stage layer{i}")
@@ -321,7 +327,9 @@ def fuse(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = No
         blocks = [_convert_block(block, f"layer{i}.{j}", backend, dtype)
                   for j, block in enumerate(layer)]
         stages.append(nn.Sequential(*blocks))
-    pool = copy.deepcopy(_child(model, ("avgpool", "global_pool"), "", "global pool"))
-    fc = copy.deepcopy(_child(model, ("fc",), "", "classifier"))
+    pool = _child(model, ("avgpool", "global_pool"), "", "global pool")
+    pool = GlobalAvgPool() if own_head and GlobalAvgPool.convertible(pool) else copy.deepcopy(pool)
+    fc = _child(model, ("fc",), "", "classifier")
+    fc = PackedLinear.from_linear(fc) if own_head and type(fc) is nn.Linear else copy.deepcopy(fc)
     fused = FusedResNet(stem, maxpool, nn.Sequential(*stages), pool, fc.to(dtype))
     return fused.to(stem_conv.weight.device).eval().requires_grad_(False)
