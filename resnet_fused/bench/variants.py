@@ -128,7 +128,7 @@ def default_variants(device: torch.device | str, batch: int,
                      include_compile: bool | None = None) -> list[str]:
     """The variants ``bench`` measures by default on ``device``.
 
-    CPU: ``reference`` and ``fused-cpu`` (``compile`` only when asked: minutes on 2 cores).
+    CPU: ``reference`` and ``fused-cpu`` (``compile`` only when asked: ~30 s to compile).
     GPU: the three baselines and every GPU fused backend, plus CUDA-graph replays for batch 1.
     """
     device = torch.device(device)
