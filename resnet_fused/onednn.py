@@ -173,13 +173,18 @@ class OneDNNConv:
         if residual.shape != out_shape or residual.dtype != self.dtype or not residual.is_cpu:
             return None
         unary = "relu" if relu else None
-        if residual_is_scratch and residual.is_contiguous(memory_format=torch.channels_last):
-            # residual += conv(x) (oneDNN's sum post-op), then ReLU, written into residual's
-            # buffer: no new activation is allocated.
-            return _CONV_SUM_(residual, x, weight, self.bias, self.padding, self.stride,
-                              _DILATION, 1, "add", 1.0, unary, [], "")
-        return _CONV_BINARY(x, residual, weight, self.bias, self.padding, self.stride, _DILATION,
-                            1, "add", 1.0, unary, [], "")
+        if not (residual_is_scratch and residual.is_contiguous(memory_format=torch.channels_last)):
+            if out_shape[1] > 1 and out_shape[2] * out_shape[3] > 1:
+                # A binary-add post-op reads the residual; the output is a new tensor.
+                return _CONV_BINARY(x, residual, weight, self.bias, self.padding, self.stride,
+                                    _DILATION, 1, "add", 1.0, unary, [], "")
+            # One channel or one pixel: torch 2.11's binary post-op rejects these outputs'
+            # NHWC strides ("could not create a memory"); sum into a copy instead.
+            residual = residual.clone(memory_format=torch.channels_last)
+        # residual += conv(x) (oneDNN's sum post-op), then ReLU, written into residual's buffer:
+        # no new activation is allocated.
+        return _CONV_SUM_(residual, x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
+                          "add", 1.0, unary, [], "")
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:

@@ -162,6 +162,24 @@ def test_any_input_and_residual_layout(layout, generator, no_raw_op):
     assert_close(y, ref, torch.float32)
 
 
+@pytest.mark.parametrize("scratch", [False, True], ids=["kept", "scratch"])
+@pytest.mark.parametrize("res_layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize(("k", "hw"), [(1, 5), (16, 1), (1, 1), (2, 3)],
+                         ids=["k1", "1x1-out", "k1-1x1-out", "k2"])
+def test_size_one_dims_with_residual(k, hw, res_layout, scratch, generator, no_raw_op):
+    """One output channel or pixel: NHWC strides are ambiguous there; every path stays right."""
+    conv = make_conv(generator, 3, k, 1, 1, (1, 1), (0, 0), torch.float32)
+    x = torch.randn(2, 3, hw, hw, generator=generator)
+    res = torch.randn(2, k, hw, hw, generator=generator)
+    ref = reference(conv, x, res)
+    res_in = res.contiguous(memory_format=CL) if res_layout == "channels_last" else res.clone()
+    with torch.no_grad():
+        y = conv(x, res_in, residual_is_scratch=scratch)
+    if not scratch:
+        assert torch.equal(res_in, res)
+    assert_close(y, ref, torch.float32)
+
+
 @pytest.mark.parametrize("dtype", FAST, ids=FAST_IDS)
 @pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
 def test_empty_batch(dtype, residual, generator):
