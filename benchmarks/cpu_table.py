@@ -6,8 +6,10 @@
 One row per (model, batch, dtype, threads): images/s of each variant as the median of its rounds
 with the [min - max] over rounds, then ``fuse()``'s speedup over ``torch.compile`` and over eager
 as the median of the per-round ratios (both variants timed in the same round, so a slow round
-hits both) with their interquartile range. Writes ``<stem>.md`` and, with matplotlib,
-``<stem>.png``. Standard library otherwise.
+hits both) with their interquartile range. Per-layer JSON (``test_layer_throughput.py`` with the
+``onednn-conv`` and ``fused-onednn`` variants) in the input adds a table of the fused conv's time
+over oneDNN's conv alone. Writes ``<stem>.md`` and, with matplotlib, ``<stem>.png``. Standard
+library otherwise.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ VARIANTS = ("reference", "fused-cpu", "compile")
 LABELS = {"reference": "eager", "fused-cpu": "fuse()", "compile": "torch.compile"}
 
 
-def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
-    rows, machines = [], []
+def load(paths: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
+    rows, machines, layers = [], [], []
     for path in paths:
         with open(path) as f:
             data = json.load(f)
@@ -38,7 +40,43 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
                 rows.append({**{k: extra[k] for k in ("model", "batch", "dtype")},
                              "threads": extra.get("threads", machine.get("torch_threads")),
                              "cpu_busy": extra.get("cpu_busy"), "v": extra["side_by_side"]})
-    return rows, machines
+            elif "layer" in extra and b.get("stats"):
+                layers.append({**extra, "median_s": b["stats"]["median"],
+                               "min_s": b["stats"]["min"]})
+    return rows, machines, layers
+
+
+def layer_markdown(layers: list[dict]) -> str:
+    """fused-onednn over onednn-conv per layer shape (min and median of each one's rounds)."""
+    table: dict[tuple, dict] = {}
+    for r in layers:
+        key = (r["batch"], r["dtype"], r["layer"])
+        table.setdefault(key, {"shape": r.get("shape", ""), "count": r.get("count", 1)})[
+            r["variant"]] = r
+    out = ["| layer | shape | x | batch | dtype | oneDNN conv alone µs | fused µs | fused / alone "
+           "(min) | (median) | conv2d µs | fused-cpu (raw op) µs |",
+           "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
+    worst = {}
+    for (batch, dtype, layer), t in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if "onednn-conv" not in t or "fused-onednn" not in t:
+            continue
+        alone, fused = t["onednn-conv"], t["fused-onednn"]
+        rmin, rmed = fused["min_s"] / alone["min_s"], fused["median_s"] / alone["median_s"]
+        if rmin > worst.get((batch, dtype), (0.0, ""))[0]:
+            worst[(batch, dtype)] = (rmin, layer)
+        others = [f"{t[n]['min_s'] * 1e6:,.0f}" if n in t else "–" for n in ("conv", "fused-cpu")]
+        out.append(f"| {layer} | {t['shape']} | {t['count']} | {batch} | {dtype} | "
+                   f"{alone['min_s'] * 1e6:,.0f} | {fused['min_s'] * 1e6:,.0f} | {rmin:.2f} | "
+                   f"{rmed:.2f} | {others[0]} | {others[1]} |")
+    out += ["", "Times are the fastest of each variant's rounds (a shared machine only adds "
+            "time); each variant ran its rounds in turn, not interleaved. `oneDNN conv alone`: "
+            "the same oneDNN convolution with a prepacked weight and no epilogue; `fused`: the "
+            "module fuse() builds (BN folded, ReLU and the residual add as post-ops; residual "
+            "out of place); `conv2d`: F.conv2d on the dense weight."]
+    for (batch, dtype), (ratio, layer) in sorted(worst.items()):
+        out.append(f"- batch {batch}, {dtype}: largest fused / alone ratio {ratio:.2f} "
+                   f"({layer})")
+    return "\n".join(out) + "\n"
 
 
 def ratio_stats(num: list[float], den: list[float]) -> tuple[float, float, float]:
@@ -123,11 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", default=".")
     parser.add_argument("--stem", default="cpu-side-by-side")
     args = parser.parse_args(argv)
-    rows, machines = load(args.json)
-    if not rows:
+    rows, machines, layers = load(args.json)
+    if layers:
+        path = os.path.join(args.out, f"{args.stem}-layers-vs-conv.md")
+        os.makedirs(args.out, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(layer_markdown(layers))
+        print(f"wrote {path}")
+    if not rows and not layers:
         print("cpu_table.py: no side-by-side results in the input (run test_side_by_side.py "
               "without --benchmark-disable)", file=sys.stderr)
         return 1
+    if not rows:
+        return 0
     os.makedirs(args.out, exist_ok=True)
     md = os.path.join(args.out, f"{args.stem}.md")
     with open(md, "w") as f:
