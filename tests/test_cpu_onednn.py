@@ -391,6 +391,23 @@ def test_model_input_is_not_modified(models, generator):
     assert out.data_ptr() != h.data_ptr()
 
 
+@pytest.mark.parametrize("dtype", FAST, ids=FAST_IDS)
+def test_downsample_block_sums_into_its_last_conv(dtype, models, generator, no_raw_op):
+    """A block with a downsample conv (run last, summing into the last conv's output) equals
+    the source block, and leaves its input alone."""
+    model = models("resnet50")
+    fast = fuse(model, backend="cpu", dtype=dtype).stages[1][0]
+    assert fast.skip is not None
+    h = torch.randn(2, 256, 12, 10, generator=generator).to(dtype).contiguous(memory_format=CL)
+    kept = h.clone()
+    with torch.no_grad():
+        y = fast(h, consume_input=True)
+        ref = copy.deepcopy(model.layer2[0]).to(reference_dtype(dtype))(
+            h.to(reference_dtype(dtype)))
+    assert torch.equal(h, kept)
+    assert_close(y, ref, dtype, "op" if dtype == torch.float32 else "model")
+
+
 def test_copy_and_pickle_after_use(models, generator):
     fused = fuse(models("resnet18"), backend="cpu")
     x = torch.randn(1, 3, 32, 32, generator=generator)
