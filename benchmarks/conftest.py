@@ -174,6 +174,16 @@ def pytest_generate_tests(metafunc):
         cases = [(m, b, d) for m in models for b in batches for d in dtypes]
         metafunc.parametrize("side_by_side", cases,
                              ids=[f"{m}-bs{b}-{d}" for m, b, d in cases])
+    if "layer_side_by_side" in names:
+        layers = bench.conv_layers("resnet50")
+        only = config.getoption("--bench-layers")
+        if only:
+            layers = [la for la in layers if la.name in _split(only, "")]
+        batches = [int(b) for b in _split(config.getoption("--bench-layer-batches"), "8")]
+        dtypes = _split(config.getoption("--bench-layer-dtypes"), _cpu_dtypes())
+        cases = [(la, b, d) for la in layers for b in batches for d in dtypes]
+        metafunc.parametrize("layer_side_by_side", cases,
+                             ids=[f"{la.name}-bs{b}-{d}" for la, b, d in cases])
     if "layer_variant" in names:
         layers = bench.conv_layers("resnet50")
         only = config.getoption("--bench-layers")

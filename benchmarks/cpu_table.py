@@ -6,10 +6,10 @@
 One row per (model, batch, dtype, threads): images/s of each variant as the median of its rounds
 with the [min - max] over rounds, then ``fuse()``'s speedup over ``torch.compile`` and over eager
 as the median of the per-round ratios (both variants timed in the same round, so a slow round
-hits both) with their interquartile range. Per-layer JSON (``test_layer_throughput.py`` with the
-``onednn-conv`` and ``fused-onednn`` variants) in the input adds a table of the fused conv's time
-over oneDNN's conv alone. Writes ``<stem>.md`` and, with matplotlib, ``<stem>.png``. Standard
-library otherwise.
+hits both) with their interquartile range. Per-layer side-by-side records
+(``test_layer_side_by_side``) in the input add ``<stem>-layers-vs-conv.md``: the fused conv's
+time over oneDNN's convolution alone, per-round ratios likewise. Writes ``<stem>.md`` and, with
+matplotlib, ``<stem>.png``. Standard library otherwise.
 """
 
 from __future__ import annotations
@@ -36,46 +36,53 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
                          "command": data.get("resnet_fused", {}).get("command")})
         for b in data.get("benchmarks", []):
             extra = b.get("extra_info", {})
-            if "side_by_side" in extra:
+            if "side_by_side" not in extra:
+                continue
+            threads = extra.get("threads", machine.get("torch_threads"))
+            if "layer" in extra:
+                layers.append({**extra, "threads": threads})
+            else:
                 rows.append({**{k: extra[k] for k in ("model", "batch", "dtype")},
-                             "threads": extra.get("threads", machine.get("torch_threads")),
-                             "cpu_busy": extra.get("cpu_busy"), "v": extra["side_by_side"]})
-            elif "layer" in extra and b.get("stats"):
-                layers.append({**extra, "median_s": b["stats"]["median"],
-                               "min_s": b["stats"]["min"]})
+                             "threads": threads, "cpu_busy": extra.get("cpu_busy"),
+                             "v": extra["side_by_side"]})
     return rows, machines, layers
 
 
 def layer_markdown(layers: list[dict]) -> str:
-    """fused-onednn over onednn-conv per layer shape (min and median of each one's rounds)."""
-    table: dict[tuple, dict] = {}
-    for r in layers:
-        key = (r["batch"], r["dtype"], r["layer"])
-        table.setdefault(key, {"shape": r.get("shape", ""), "count": r.get("count", 1)})[
-            r["variant"]] = r
-    out = ["| layer | shape | x | batch | dtype | oneDNN conv alone µs | fused µs | fused / alone "
-           "(min) | (median) | conv2d µs | fused-cpu (raw op) µs |",
-           "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
-    worst = {}
-    for (batch, dtype, layer), t in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        if "onednn-conv" not in t or "fused-onednn" not in t:
+    """fused-onednn over onednn-conv per layer shape, from interleaved rounds."""
+    out = ["| layer | shape | x | batch | dtype | threads | oneDNN conv alone µs | fused µs | "
+           "fused / alone | conv2d µs |",
+           "|---|---|--:|--:|---|--:|--:|--:|--:|--:|"]
+    worst: dict[tuple, tuple[float, str]] = {}
+    total: dict[tuple, list[float]] = {}
+    for r in sorted(layers, key=lambda r: (r["dtype"], r["batch"], r["threads"])):
+        v = r["side_by_side"]
+        if "onednn-conv" not in v or "fused-onednn" not in v:
             continue
-        alone, fused = t["onednn-conv"], t["fused-onednn"]
-        rmin, rmed = fused["min_s"] / alone["min_s"], fused["median_s"] / alone["median_s"]
-        if rmin > worst.get((batch, dtype), (0.0, ""))[0]:
-            worst[(batch, dtype)] = (rmin, layer)
-        others = [f"{t[n]['min_s'] * 1e6:,.0f}" if n in t else "–" for n in ("conv", "fused-cpu")]
-        out.append(f"| {layer} | {t['shape']} | {t['count']} | {batch} | {dtype} | "
-                   f"{alone['min_s'] * 1e6:,.0f} | {fused['min_s'] * 1e6:,.0f} | {rmin:.2f} | "
-                   f"{rmed:.2f} | {others[0]} | {others[1]} |")
-    out += ["", "Times are the fastest of each variant's rounds (a shared machine only adds "
-            "time); each variant ran its rounds in turn, not interleaved. `oneDNN conv alone`: "
-            "the same oneDNN convolution with a prepacked weight and no epilogue; `fused`: the "
-            "module fuse() builds (BN folded, ReLU and the residual add as post-ops; residual "
-            "out of place); `conv2d`: F.conv2d on the dense weight."]
-    for (batch, dtype), (ratio, layer) in sorted(worst.items()):
-        out.append(f"- batch {batch}, {dtype}: largest fused / alone ratio {ratio:.2f} "
-                   f"({layer})")
+        med, q1, q3 = ratio_stats(v["fused-onednn"]["times_s"], v["onednn-conv"]["times_s"])
+        key = (r["batch"], r["dtype"], r["threads"])
+        if med > worst.get(key, (0.0, ""))[0]:
+            worst[key] = (med, r["layer"])
+        acc = total.setdefault(key, [0.0, 0.0])
+        acc[0] += r["count"] * v["onednn-conv"]["median_s"]
+        acc[1] += r["count"] * v["fused-onednn"]["median_s"]
+        conv = f"{v['conv']['median_s'] * 1e6:,.0f}" if "conv" in v else "–"
+        out.append(f"| {r['layer']} | {r['shape']} | {r['count']} | {r['batch']} | {r['dtype']} "
+                   f"| {r['threads']} | {v['onednn-conv']['median_s'] * 1e6:,.0f} | "
+                   f"{v['fused-onednn']['median_s'] * 1e6:,.0f} | {med:.2f} ({q1:.2f}–{q3:.2f}) "
+                   f"| {conv} |")
+    out += ["", "Times: median of the interleaved rounds. `fused / alone`: median of the per-round "
+            "ratios (interquartile range). `oneDNN conv alone`: the same oneDNN convolution with "
+            "a prepacked weight, no bias, no post-ops; `fused`: the module fuse() builds (BN "
+            "folded into weight and bias, ReLU and the residual sum as post-ops, the residual "
+            "summed in place as in the model; +res layers also read the residual); `conv2d`: "
+            "F.conv2d on the dense weight.", ""]
+    for key in sorted(worst):
+        (batch, dtype, threads), (ratio, layer) = key, worst[key]
+        alone, fused = total[key]
+        out.append(f"- batch {batch}, {dtype}, {threads} threads: all convs of ResNet-50 "
+                   f"(weighted by occurrence) {fused / alone:.3f}x the time of the convs alone; "
+                   f"largest per-layer ratio {ratio:.2f} ({layer})")
     return "\n".join(out) + "\n"
 
 

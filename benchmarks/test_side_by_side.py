@@ -7,6 +7,10 @@ variants (eager ``reference``, ``fused-cpu`` = ``fuse(model)``, and with ``--ben
 reference, and then times them in rounds of one call each, in an order that rotates every round:
 interference and drift hit every variant alike.
 
+``test_layer_side_by_side`` does the same per distinct ResNet-50 conv shape for the fused conv
+module ``fuse()`` builds (``fused-onednn``), oneDNN's convolution alone with the same prepacked
+layout (``onednn-conv``: what fusion must not be slower than) and ``F.conv2d`` (``conv``).
+
 The per-variant times of every round go to ``extra_info["side_by_side"]`` (seconds, in round
 order) with their median, min, max and quartiles; ``benchmarks/cpu_table.py`` turns them into
 the README's table. The pytest-benchmark statistics of the case itself are those of one whole
@@ -79,3 +83,55 @@ def test_side_by_side(benchmark, bench_config, model_cache, side_by_side):
         variants.clear()
         if "compile" in names:
             torch._dynamo.reset()  # drops the compiled graph and its frozen weights
+
+
+LAYER_VARIANTS = ("onednn-conv", "fused-onednn", "conv")
+
+
+def _interleave(benchmark, bench_config, fns: dict, device) -> dict[str, list[float]]:
+    """Warm-up, then rounds of one call per variant in a rotating order; times per variant."""
+    for fn in fns.values():
+        for _ in range(bench_config.warmup):
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    state = {"round": 0}
+
+    def one_round() -> None:
+        k = state["round"] % len(names)
+        for name in names[k:] + names[:k]:
+            times[name] += bench.time_fn(fns[name], device, warmup=0, reps=1).times
+        state["round"] += 1
+
+    rounds = bench_config.rounds if bench_config.enabled else 1
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0, iterations=1)
+    return times
+
+
+def test_layer_side_by_side(benchmark, bench_config, layer_side_by_side):
+    layer, batch, dtype_name = layer_side_by_side
+    device = bench_config.device
+    if device.type != "cpu":
+        pytest.skip("the interleaved per-layer comparison is the CPU suite's")
+    dtype = bench.DTYPES[dtype_name]
+    layer = layer.with_batch(batch)
+    inputs = bench.make_layer_inputs(layer, dtype, device)
+    benchmark.group = f"layer side by side {layer.name} bs{batch} {dtype_name}"
+    benchmark.extra_info.update(layer=layer.name, shape=layer.label, count=layer.count,
+                                batch=batch, dtype=dtype_name, variant="side-by-side",
+                                variants=list(LAYER_VARIANTS), device=str(device),
+                                threads=torch.get_num_threads(), flops=layer.flops())
+    fns, info = {}, {}
+    for name in LAYER_VARIANTS:
+        try:
+            fn, what = bench.layer_variant(name, layer, inputs)
+        except bench.Unavailable as e:
+            pytest.skip(f"{name}: {e}")
+        ref = bench.layer_reference(layer, inputs, what)
+        info[name] = {"rel_error": bench.check_output(f"{layer.name} {name}", fn(), ref, dtype,
+                                                      device, scope="op")}
+        fns[name] = fn
+    times = _interleave(benchmark, bench_config, fns, device)
+    for name, t in times.items():
+        info[name].update(_spread(t), times_s=t)
+    benchmark.extra_info["side_by_side"] = info
