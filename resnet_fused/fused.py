@@ -3,7 +3,9 @@
 A fused ResNet is the same network with every ``conv -> BN (-> ReLU)`` and
 ``conv -> BN -> +skip -> ReLU`` chain replaced by one :class:`FusedConvBNAct`: one call of
 ``resnet_fused.ops.conv_bn_act``, or on the CPU one oneDNN convolution with the epilogue as
-post-ops (:mod:`resnet_fused.onednn`). Pooling and the classifier are the original modules.
+post-ops (:mod:`resnet_fused.onednn`). Pooling and the classifier are the original modules,
+except with the ``cpu``/``auto`` backend, where the stem's max-pool, a global average pool and a
+linear classifier become :mod:`resnet_fused.pooling`'s drop-in equivalents.
 """
 
 from __future__ import annotations
@@ -307,6 +309,10 @@ def fuse(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = No
             ``"cpu"``, ``"cuda"``, ``"triton"``, ``"aten"``.
         dtype: compute dtype for weights and activations (float32, float16, bfloat16); default: the
             model's. BatchNorm is always folded in fp32.
+
+    On a CPU (``cpu``/``auto`` backend) the fused convs run as oneDNN convolutions with BN folded
+    into prepared weights (:mod:`resnet_fused.onednn`); their weights are reordered on the first
+    call with each input shape, so time a model after one warm-up call.
 
     Returns:
         A new eval-mode :class:`FusedResNet` on the model's device.
