@@ -13,10 +13,11 @@ registered ``torch.ops.mkldnn`` ops Inductor uses:
 * The folded weight reordered into oneDNN's blocked layout once per input shape
   (``_reorder_convolution_weight``; oneDNN's preferred layout depends on the shape, and a weight in
   another layout would be reordered again on every call) and kept for later calls.
-* Activations stay channels_last (NHWC) between layers: oneDNN reads and writes them in place,
-  without reorders.
+* Activations stay channels_last (NHWC) between layers: oneDNN reads and writes that layout
+  directly, without reorders.
 
-The prepared weights are derived state, never a cache that can go stale: each call first checks
+The prepared weights are derived state, not a cache that goes stale when the module's numbers
+change through PyTorch: each call first checks
 that the module's ``weight``/``scale``/``shift`` are the tensors it prepared from, unchanged
 (same tensor, storage and version counter; every in-place update through PyTorch bumps the
 version), and prepares again otherwise. Writes that bypass the version counter (``.data``, NumPy
