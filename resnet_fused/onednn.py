@@ -17,11 +17,11 @@ registered ``torch.ops.mkldnn`` ops Inductor uses:
   directly, without reorders.
 
 The prepared weights are derived state, not a cache that goes stale when the module's numbers
-change through PyTorch: each call first checks
-that the module's ``weight``/``scale``/``shift`` are the tensors it prepared from, unchanged
-(same tensor, storage and version counter; every in-place update through PyTorch bumps the
-version), and prepares again otherwise. Writes that bypass the version counter (``.data``, NumPy
-views) need ``FusedResNet.refresh()``. The raw op ``resnet_fused::conv_bn_act`` keeps no state.
+change through PyTorch: each call first checks that the module's ``weight``/``scale``/``shift``
+are the tensors it prepared from, unchanged (same tensor, storage and version counter; every
+in-place update through PyTorch bumps the version), and prepares again otherwise. Writes that
+bypass the version counter (``.data``, NumPy views) need ``FusedResNet.refresh()``. The raw op
+``resnet_fused::conv_bn_act`` keeps no state.
 
 Dtypes: float32 always; bfloat16/float16 where oneDNN has kernels for them on this CPU
 (:func:`fast_dtypes`, e.g. AVX512_BF16 or AMX for bf16). Other dtypes, CUDA tensors, empty batches
