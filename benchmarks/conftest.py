@@ -16,11 +16,12 @@ Defaults per device (override with the ``--bench-*`` options below):
 =============  ===========================  ==================
 models         resnet50, resnet18, resnet34 same
 batches        1, 32, 256                   1, 8
-dtypes         bfloat16, float16, float32   float32
+dtypes         bfloat16, float16, float32   float32, bfloat16 (if oneDNN has bf16)
 layer batch    256                          8
 layer dtypes   bfloat16                     float32
-compile        yes                          only with --bench-compile (minutes per model on 2 cores)
+compile        yes                          only with --bench-compile (~30 s per case on 2 cores)
 rounds/warmup  30 / 5                       5 / 1
+side by side   -                            resnet50 at each batch and dtype
 =============  ===========================  ==================
 
 GPU timing reads CUDA events (pytest-benchmark's clock is replaced for these tests) after an
@@ -46,13 +47,23 @@ GRAPH_VARIANTS = ("reference+graph", "cudnn-fused+graph", "fused-cuda+graph",
 # On CPU only the variants that can run there are collected: the GPU ones would only be skips.
 MODEL_VARIANTS_CPU = ("reference", "fused-cpu", "compile")
 LAYER_VARIANTS_GPU = ("conv", "eager", "fused-cuda", "fused-triton")
-LAYER_VARIANTS_CPU = ("conv", "eager", "fused-cpu")
+# onednn-conv / fused-onednn: oneDNN's conv alone (prepacked weight) / the module fuse() builds.
+LAYER_VARIANTS_CPU = ("conv", "onednn-conv", "eager", "fused-cpu", "fused-onednn")
+
+
+def _cpu_dtypes() -> str:
+    from resnet_fused import onednn
+
+    return "float32,bfloat16" if torch.bfloat16 in onednn.fast_dtypes() else "float32"
+
+
+_MODELS_DEFAULT = "resnet50,resnet18,resnet34"
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("resnet_fused benchmarks")
     group.addoption("--bench-device", default=None, help="cpu or cuda (default: cuda if visible)")
-    group.addoption("--bench-models", default="resnet50,resnet18,resnet34",
+    group.addoption("--bench-models", default=_MODELS_DEFAULT,
                     help="comma-separated models for the whole-model benchmarks")
     group.addoption("--bench-batches", default=None,
                     help="comma-separated batch sizes (default: 1,32,256 on GPU; 1,8 on CPU)")
@@ -135,7 +146,7 @@ def pytest_generate_tests(metafunc):
         batches = [int(b) for b in _split(config.getoption("--bench-batches"),
                                           "1,32,256" if gpu else "1,8")]
         dtypes = _split(config.getoption("--bench-dtypes"),
-                        "bfloat16,float16,float32" if gpu else "float32")
+                        "bfloat16,float16,float32" if gpu else _cpu_dtypes())
         keep = config.getoption("--bench-variants")
         keep = set(_split(keep, "")) if keep else None
         cases = []
@@ -154,6 +165,25 @@ def pytest_generate_tests(metafunc):
                             model, batch, dtype, variant, marks=marks,
                             id=f"{model}-bs{batch}-{dtype}-{variant}"))
         metafunc.parametrize("model_name,batch,dtype_name,model_variant", cases)
+    if "side_by_side" in names:
+        # The interleaved comparison (test_side_by_side.py): resnet50 unless models are named.
+        named = config.getoption("--bench-models")
+        models = ["resnet50"] if named == _MODELS_DEFAULT else _split(named, "resnet50")
+        batches = [int(b) for b in _split(config.getoption("--bench-batches"), "1,8")]
+        dtypes = _split(config.getoption("--bench-dtypes"), _cpu_dtypes())
+        cases = [(m, b, d) for m in models for b in batches for d in dtypes]
+        metafunc.parametrize("side_by_side", cases,
+                             ids=[f"{m}-bs{b}-{d}" for m, b, d in cases])
+    if "layer_side_by_side" in names:
+        layers = bench.conv_layers("resnet50")
+        only = config.getoption("--bench-layers")
+        if only:
+            layers = [la for la in layers if la.name in _split(only, "")]
+        batches = [int(b) for b in _split(config.getoption("--bench-layer-batches"), "8")]
+        dtypes = _split(config.getoption("--bench-layer-dtypes"), _cpu_dtypes())
+        cases = [(la, b, d) for la in layers for b in batches for d in dtypes]
+        metafunc.parametrize("layer_side_by_side", cases,
+                             ids=[f"{la.name}-bs{b}-{d}" for la, b, d in cases])
     if "layer_variant" in names:
         layers = bench.conv_layers("resnet50")
         only = config.getoption("--bench-layers")

@@ -36,4 +36,30 @@ def run(args: argparse.Namespace | None = None) -> int:
     print("\ncuda implementations (this build):")
     for name, status in cuda_implementations().items():
         print(f"  {name:<12} {status}")
+    print("\ncpu fast path (oneDNN):")
+    for key, value in cpu_rows():
+        print(f"  {key:<9} {value}")
     return 0
+
+
+def cpu_rows() -> list[tuple[str, str]]:
+    """The CPU's capability as the ``cpu`` backend's fast path sees it (``info``'s last section)."""
+    from .onednn import cpu_capability, fast_dtypes
+
+    caps = cpu_capability()
+
+    def flags(*names: str) -> str:
+        have = [n for n in names if caps[n]]
+        return ", ".join(have) if have else "none"
+
+    dtypes = sorted(str(d).removeprefix("torch.") for d in fast_dtypes())
+    return [
+        ("isa", f"{caps['isa']} ({flags('avx2', 'avx512_f', 'avx512_bw', 'avx512_vnni')})"),
+        ("bf16", f"{flags('avx512_bf16', 'amx_bf16')}; oneDNN bf16 convs: "
+                 f"{'yes' if caps['onednn_bf16'] else 'no'}"),
+        ("fp16", f"{flags('avx512_fp16', 'amx_fp16')}; oneDNN fp16 convs: "
+                 f"{'yes' if caps['onednn_fp16'] else 'no'}"),
+        ("amx", "yes" if caps["amx_tile"] else "no"),
+        ("dtypes", ", ".join(dtypes) + " (others run the raw op)" if dtypes else
+         "none: torch was built without oneDNN; every dtype runs the raw op"),
+    ]

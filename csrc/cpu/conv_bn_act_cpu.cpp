@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "../checks.h"
+#include "vector_clones.h"
 
 namespace resnet_fused {
 namespace {
@@ -18,32 +19,35 @@ namespace {
 // Rows of at least this many elements per parallel task keep thread start-up cheap.
 constexpr int64_t kElementsPerTask = 32768;
 
-// One output row (the K channels of one pixel, contiguous in NHWC). Written as a plain loop with
-// the options as template parameters so the compiler vectorizes it for the build target; ATen's
-// generic at::vec::Vectorized (what a non-AVX build of an extension gets) was 10x slower here.
+// Rows [begin, end) of the (M, K) row-major view of an NHWC tensor (a row: the K channels of
+// one pixel), in place: y = act(y * scale + shift (+ res)). Written as plain loops with the
+// options as template parameters so the compiler vectorizes them (for AVX-512/AVX2 as well as
+// the baseline, see vector_clones.h); ATen's generic at::vec::Vectorized, what a non-AVX build
+// of an extension gets, was 10x slower here.
 template <typename T, bool kResidual, bool kRelu>
-inline void epilogue_row(T* __restrict__ y, const T* __restrict__ res,
-                         const float* __restrict__ scale, const float* __restrict__ shift,
-                         int64_t k) {
-  for (int64_t c = 0; c < k; ++c) {
-    float v = static_cast<float>(y[c]) * scale[c] + shift[c];
-    if constexpr (kResidual) v += static_cast<float>(res[c]);
-    if constexpr (kRelu) v = v < 0.f ? 0.f : v;  // NaN propagates, as in torch.relu
-    y[c] = static_cast<T>(v);
+RESNET_FUSED_VECTOR_CLONES
+void epilogue_rows(T* __restrict__ y, const T* __restrict__ res,
+                   const float* __restrict__ scale, const float* __restrict__ shift,
+                   int64_t begin, int64_t end, int64_t k) {
+  for (int64_t row = begin; row < end; ++row) {
+    T* yr = y + row * k;
+    const T* rr = kResidual ? res + row * k : nullptr;
+    for (int64_t c = 0; c < k; ++c) {
+      float v = static_cast<float>(yr[c]) * scale[c] + shift[c];
+      if constexpr (kResidual) v += static_cast<float>(rr[c]);
+      if constexpr (kRelu) v = v < 0.f ? 0.f : v;  // NaN propagates, as in torch.relu
+      yr[c] = static_cast<T>(v);
+    }
   }
 }
 
-// y[m, k] = act(y[m, k] * scale[k] + shift[k] (+ res[m, k])) for the (M, K) row-major view of
-// an NHWC tensor, in place: one read and one write of the activation, no fresh allocation.
+// The whole (M, K) view, one read and one write of the activation, no fresh allocation.
 template <typename T, bool kResidual, bool kRelu>
 void epilogue_nhwc(T* y, const T* res, const float* scale, const float* shift, int64_t rows,
                    int64_t k) {
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / k);
   at::parallel_for(0, rows, grain, [&](int64_t row_begin, int64_t row_end) {
-    for (int64_t row = row_begin; row < row_end; ++row) {
-      epilogue_row<T, kResidual, kRelu>(y + row * k, kResidual ? res + row * k : nullptr, scale,
-                                        shift, k);
-    }
+    epilogue_rows<T, kResidual, kRelu>(y, res, scale, shift, row_begin, row_end, k);
   });
 }
 
@@ -98,6 +102,16 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& input, const at::Tensor& weight,
   return out;
 }
 
+template <typename T>
+RESNET_FUSED_VECTOR_CLONES
+void add_relu_range(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ o,
+                    int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float v = static_cast<float>(a[i]) + static_cast<float>(b[i]);
+    o[i] = static_cast<T>(v < 0.f ? 0.f : v);  // NaN propagates, as in torch.relu
+  }
+}
+
 at::Tensor add_relu_cpu(const at::Tensor& x, const at::Tensor& residual) {
   check_add_relu_args(x, residual);
   TORCH_CHECK(x.device().is_cpu(), "add_relu (cpu): x must be a CPU tensor");
@@ -116,10 +130,7 @@ at::Tensor add_relu_cpu(const at::Tensor& x, const at::Tensor& residual) {
     const scalar_t* b = residual.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, x.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const float v = static_cast<float>(a[i]) + static_cast<float>(b[i]);
-        o[i] = static_cast<scalar_t>(v < 0.f ? 0.f : v);  // NaN propagates, as in torch.relu
-      }
+      add_relu_range<scalar_t>(a, b, o, begin, end);
     });
   });
   return out;

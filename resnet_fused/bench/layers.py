@@ -147,9 +147,15 @@ def layer_variant(name: str, layer: ConvLayer, inputs: dict) -> tuple[Callable[[
     """A callable for one layer and what its output is checked against (``"op"``/``"conv"``).
 
     ``conv``: the library convolution alone (cuDNN / oneDNN): the speed fusion must match.
+    ``onednn-conv`` (CPU): oneDNN's convolution alone with its weight already in oneDNN's layout
+    for this shape, as the fused model's is: the floor for ``fused-onednn``.
     ``eager``: conv -> BatchNorm -> (+ residual) -> ReLU as separate PyTorch ops, in the layer's
     dtype (BN parameters cast too, as ``model.to(dtype)`` does).
-    ``fused-<backend>``: ``resnet_fused.ops.conv_bn_act``.
+    ``fused-<backend>``: ``resnet_fused.ops.conv_bn_act`` (the raw op).
+    ``fused-onednn`` (CPU): the fused conv module ``fuse()`` builds, i.e. one oneDNN convolution
+    with BN folded and ReLU / the residual add as post-ops; as in the model, the residual is
+    summed in place (each call accumulates into ``inputs["residual"]``: the first call's output
+    is the checked one, later calls only cost the same).
     """
     from .. import ops
 
@@ -157,6 +163,24 @@ def layer_variant(name: str, layer: ConvLayer, inputs: dict) -> tuple[Callable[[
     stride, pad = (layer.stride,) * 2, (layer.padding,) * 2
     if name == "conv":
         return (lambda: F.conv2d(x, w, None, stride, pad)), "conv"
+    if name in ("onednn-conv", "fused-onednn"):
+        from .. import onednn
+        from ..fused import FusedConvBNAct
+
+        if x.device.type != "cpu":
+            raise Unavailable(f"{name} runs on CPU tensors only")
+        if x.dtype not in onednn.fast_dtypes():
+            raise Unavailable(f"{name}: oneDNN has no {x.dtype} convolutions on this CPU")
+        if name == "onednn-conv":
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                w, list(pad), list(stride), [1, 1], 1, list(x.shape))
+            conv = torch.ops.mkldnn._convolution_pointwise.default
+            return (lambda: conv(x, packed, None, list(pad), list(stride), [1, 1], 1, "none", [],
+                                 "")), "conv"
+        module = FusedConvBNAct(w, inputs["scale"], inputs["shift"], stride, pad, layer.relu,
+                                backend="cpu")
+        module(x, None if res is None else res.clone())  # prepares (folds, reorders) untimed
+        return (lambda: module(x, res, residual_is_scratch=True)), "op"
     if name == "eager":
         bn = copy.deepcopy(inputs["bn"]).to(x.dtype)
 

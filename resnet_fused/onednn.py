@@ -1,0 +1,193 @@
+"""The CPU fast path of a fused model: each fused conv is one oneDNN convolution with post-ops.
+
+``fuse()`` builds :class:`~resnet_fused.fused.FusedConvBNAct` modules that keep the source
+network's numbers as buffers (``weight``, fp32 ``scale``/``shift``). On the CPU their forward
+runs the oneDNN convolution that torch itself ships (no second copy of oneDNN), through the
+registered ``torch.ops.mkldnn`` ops Inductor uses:
+
+* BatchNorm folded into the convolution: ``weight * scale`` computed in fp32 and rounded once to the
+  compute dtype, ``shift`` as the bias. In fp32 that changes each weight by at most half an ulp;
+  in bf16 it is one more bf16 rounding of each weight (well inside the bf16 bounds).
+* ReLU as an eltwise post-op; the residual as oneDNN's ``sum`` post-op, accumulating in place into
+  the skip tensor when the caller no longer needs it, else as a ``binary add`` post-op.
+* The folded weight reordered into oneDNN's blocked layout once per input shape
+  (``_reorder_convolution_weight``; oneDNN's preferred layout depends on the shape, and a weight in
+  another layout would be reordered again on every call) and kept for later calls.
+* Activations stay channels_last (NHWC) between layers: oneDNN reads and writes that layout
+  directly, without reorders.
+
+The prepared weights are derived state, not a cache that goes stale when the module's numbers
+change through PyTorch: each call first checks that the module's ``weight``/``scale``/``shift``
+are the tensors it prepared from, unchanged (same tensor, storage and version counter; every
+in-place update through PyTorch bumps the version), and prepares again otherwise. Writes that
+bypass the version counter (``.data``, NumPy views) need ``FusedResNet.refresh()``. The raw op
+``resnet_fused::conv_bn_act`` keeps no state.
+
+Dtypes: float32 always; bfloat16/float16 where oneDNN has kernels for them on this CPU
+(:func:`fast_dtypes`, e.g. AVX512_BF16 or AMX for bf16). Other dtypes, CUDA tensors, empty batches
+and ``torch.compile`` tracing use the raw op instead.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+__all__ = ["OneDNNConv", "cpu_capability", "fast_dtypes"]
+
+# The ISA features that decide which oneDNN kernels run (torch's own cpuinfo probe).
+_ISA_FLAGS = ("avx2", "avx512_f", "avx512_bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "amx_bf16", "amx_fp16")
+
+
+@functools.cache
+def cpu_capability() -> dict:
+    """What this CPU and torch build offer the fast path: ISA flags, oneDNN, low-precision dtypes.
+
+    Keys: ``name``, ``cores``, ``isa`` (ATen's vectorization level, e.g. ``AVX512``), one bool per
+    flag in ``_ISA_FLAGS``, ``onednn`` (torch built with oneDNN), ``onednn_bf16``/``onednn_fp16``
+    (oneDNN can run convolutions in that dtype here).
+    """
+    info = torch._C._cpu._get_cpu_capability() if hasattr(torch._C, "_cpu") else {}
+    onednn = torch.backends.mkldnn.is_available()
+    caps = {
+        "name": info.get("cpu_name", "unknown"),
+        "cores": info.get("num_physical_cores"),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        **{flag: bool(info.get(flag, False)) for flag in _ISA_FLAGS},
+        "onednn": onednn,
+        "onednn_bf16": onednn and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "onednn_fp16": onednn and bool(torch.ops.mkldnn._is_mkldnn_fp16_supported()),
+    }
+    return caps
+
+
+def fast_dtypes() -> frozenset[torch.dtype]:
+    """The compute dtypes the oneDNN fast path runs on this machine (empty without oneDNN)."""
+    caps = cpu_capability()
+    if not caps["onednn"]:
+        return frozenset()
+    dtypes = {torch.float32}
+    if caps["onednn_bf16"]:
+        dtypes.add(torch.bfloat16)
+    if caps["onednn_fp16"]:
+        dtypes.add(torch.float16)
+    return frozenset(dtypes)
+
+
+# The overloads themselves: resolving an OpOverloadPacket by its arguments costs ~15 us a call.
+_CONV = torch.ops.mkldnn._convolution_pointwise.default
+_CONV_BINARY = torch.ops.mkldnn._convolution_pointwise.binary
+_CONV_SUM_ = torch.ops.mkldnn._convolution_pointwise_.binary
+_REORDER_WEIGHT = torch.ops.mkldnn._reorder_convolution_weight.default
+
+_DILATION = [1, 1]
+
+
+def _fingerprint(t: Tensor) -> tuple:
+    # Tensor identity, storage and version counter: any PyTorch write to t, a new tensor assigned
+    # to the module, or a move/cast (which makes new tensors) changes one of them.
+    return (id(t), t.data_ptr(), t._version)
+
+
+class OneDNNConv:
+    """A fused conv's oneDNN form, prepared from its (weight, scale, shift) and reused per shape.
+
+    ``conv.run(x, residual, relu, residual_is_scratch)`` computes the fused conv, or returns None
+    for a call it does not handle (dtype, device, shapes): the caller then runs the raw op, which
+    also names whatever is wrong with the arguments.
+    """
+
+    # Input shapes with a weight reordered for them; calls with yet other shapes reuse the most
+    # recent one (still right: oneDNN then reorders it on the fly, as for any other layout).
+    MAX_SHAPES = 4
+    # Input shapes remembered at all (each entry is two references and a tuple).
+    _MAX_ENTRIES = 64
+
+    def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding) -> None:
+        self.stride = list(stride)
+        self.padding = list(padding)
+        self.dtype = weight.dtype
+        self.out_channels, self.in_channels, self.kh, self.kw = weight.shape
+        self._source = (weight, scale, shift)
+        self._fingerprints = tuple(_fingerprint(t) for t in self._source)
+        # oneDNN's fused convolution wants the bias in the compute dtype.
+        self.bias = shift.to(self.dtype)
+        # x.shape -> (weight in oneDNN's layout for it, expected residual/output shape)
+        self._entries: dict[torch.Size, tuple[Tensor, tuple[int, ...]]] = {}
+        self._packed: dict[tuple[int, int, int], Tensor] = {}  # (N, H, W) -> packed weight
+        self._last: Tensor | None = None
+
+    def is_prepared_from(self, weight: Tensor, scale: Tensor, shift: Tensor) -> bool:
+        """True if these are the tensors this was prepared from, unchanged since."""
+        source = self._source
+        return (weight is source[0] and scale is source[1] and shift is source[2]
+                and (_fingerprint(weight), _fingerprint(scale), _fingerprint(shift))
+                == self._fingerprints)
+
+    def _entry(self, shape: torch.Size) -> tuple[Tensor, tuple[int, ...]] | None:
+        """Packed weight and output shape for inputs of this shape; None if it is not a valid
+        input (wrong rank or channels, empty batch, smaller than the kernel)."""
+        if len(shape) != 4 or shape[1] != self.in_channels or shape[0] == 0:
+            return None
+        n, _, h, w = shape
+        ho = (h + 2 * self.padding[0] - self.kh) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.kw) // self.stride[1] + 1
+        if h + 2 * self.padding[0] < self.kh or w + 2 * self.padding[1] < self.kw:
+            return None
+        key = (n, h, w)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) < self.MAX_SHAPES:
+                packed = self._packed[key] = _REORDER_WEIGHT(
+                    self._fold(), self.padding, self.stride, _DILATION, 1, list(shape))
+                self._last = packed
+            else:
+                packed = self._last
+        entry = (packed, (n, self.out_channels, ho, wo))
+        if len(self._entries) < self._MAX_ENTRIES:
+            self._entries[shape] = entry
+        return entry
+
+    def _fold(self) -> Tensor:
+        # fp32 fold, one rounding to the compute dtype; channels_last (K, R, S, C memory) is what
+        # the reorder reads fastest. Not kept: a new shape is rare, the memory is not.
+        weight, scale, _ = self._source
+        folded = weight.float() * scale.float().view(-1, 1, 1, 1)
+        return folded.to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+    def run(self, x: Tensor, residual: Tensor | None, relu: bool,
+            residual_is_scratch: bool = False) -> Tensor | None:
+        """``act(conv(x, weight * scale) + shift (+ residual))``; None if this call is not
+        handled here (see the class docstring)."""
+        if x.dtype != self.dtype or not x.is_cpu:
+            return None
+        entry = self._entries.get(x.shape) or self._entry(x.shape)
+        if entry is None:
+            return None
+        weight, out_shape = entry
+        if residual is None:
+            return _CONV(x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
+                         "relu" if relu else "none", [], "")
+        if residual.shape != out_shape or residual.dtype != self.dtype or not residual.is_cpu:
+            return None
+        unary = "relu" if relu else None
+        if not (residual_is_scratch and residual.is_contiguous(memory_format=torch.channels_last)):
+            if out_shape[1] > 1 and out_shape[2] * out_shape[3] > 1:
+                # A binary-add post-op reads the residual; the output is a new tensor.
+                return _CONV_BINARY(x, residual, weight, self.bias, self.padding, self.stride,
+                                    _DILATION, 1, "add", 1.0, unary, [], "")
+            # One channel or one pixel: torch 2.11's binary post-op rejects these outputs'
+            # NHWC strides ("could not create a memory"); sum into a copy instead.
+            residual = residual.clone(memory_format=torch.channels_last)
+        # residual += conv(x) (oneDNN's sum post-op), then ReLU, written into residual's buffer:
+        # no new activation is allocated.
+        return _CONV_SUM_(residual, x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
+                          "add", 1.0, unary, [], "")
+
+    @property
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """The (N, H, W) input shapes a weight is reordered for."""
+        return list(self._packed)
