@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "optionally '+graph' (default: reference + fused on CPU; all "
                              "baselines and fused backends on GPU, CUDA graphs at batch 1)")
     parser.add_argument("--compile", action="store_true",
-                        help="add the torch.compile(max-autotune) baseline (slow on CPU)")
+                        help="add the torch.compile baseline with freezing (GPU: mode "
+                             "max-autotune; CPU: the default mode; minutes on a small CPU)")
     parser.add_argument("--iters", type=int, default=None,
                         help="timed repetitions per variant (default: 5 on CPU, 50 on GPU)")
     parser.add_argument("--warmup", type=int, default=None,
@@ -122,10 +123,11 @@ def measure_model(model: nn.Module, x: Tensor, variants: Sequence[str], warmup: 
     Never raises for a single variant: ``status`` is ``ok``, ``skipped: <why>``, ``MISMATCH`` (it
     ran but its output is outside the bound; never timed) or ``ERROR: <exception>`` (building,
     checking or a timed call raised; the other variants go on). The timed reps are interleaved
-    (one call of each variant per round) so that clock drift, thermal state and other load on a
-    shared machine hit every variant alike; ``times_s`` keeps every round, so ratios can be taken
-    per round. A KeyboardInterrupt (SIGINT from a step's time limit) during the timed rounds ends
-    the timing: the rows keep the rounds already done and their status says ``interrupted``.
+    (one call of each variant per round, the order rotated each round) so that clock drift,
+    thermal state and other load on a shared machine hit every variant alike; ``times_s`` keeps
+    every round, so ratios can be taken per round. A KeyboardInterrupt (SIGINT from a step's time
+    limit) during the timed rounds ends the timing: the rows keep the rounds already done and
+    their status says ``interrupted``.
     """
     if ref is None:
         ref = reference_output(model, x)
@@ -158,8 +160,11 @@ def measure_model(model: nn.Module, x: Tensor, variants: Sequence[str], warmup: 
             except Exception as e:
                 row["status"] = _error_status(e)
                 ready.remove((row, variant))
-        for _ in progress(range(reps), "timed rounds"):
-            for row, variant in list(ready):
+        for i in progress(range(reps), "timed rounds"):
+            # Rotate who goes first each round: no variant always runs right after the same one
+            # (a cache or frequency state left by its predecessor would bias it).
+            shift = i % max(1, len(ready))
+            for row, variant in ready[shift:] + ready[:shift]:
                 try:
                     times[row["variant"]] += time_fn(variant.fn, x.device, warmup=0, reps=1).times
                 except Exception as e:
