@@ -91,6 +91,10 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "compile: the torch.compile baseline (slow to build)")
+    # The GPU session cuts benchmark steps with SIGINT (pytest-benchmark still writes its JSON).
+    from resnet_fused.signals import honor_sigint
+
+    honor_sigint()
 
 
 @dataclass

@@ -394,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.plan_file, "w") as f, contextlib.redirect_stdout(f):
                 show(args.call, args.dry_run)
         return 0
+    # gpu_session.sh starts `warm` in the background, where SIGINT arrives ignored: without this
+    # its step's `timeout -s INT` could not make it report and stop.
+    from resnet_fused.signals import honor_sigint
+
+    honor_sigint()
     bindings = set()
     for step in args.steps:
         found = step_bindings(step, args.sweep_cases)

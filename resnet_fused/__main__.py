@@ -14,6 +14,8 @@ import argparse
 import importlib
 import sys
 
+from .signals import honor_sigint
+
 # name -> (module under resnet_fused, one-line help). Modules are imported when the parser is
 # built, so `--help` lists every option; a module that fails to import is reported by name.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    honor_sigint()  # long commands stop on SIGINT with what they finished, even from `cmd &`
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is not None:

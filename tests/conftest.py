@@ -14,6 +14,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_configure(config):
+    # The GPU session cuts its pytest steps with SIGINT (pytest then writes its summary); a run
+    # started with SIGINT ignored (a background job) would not stop. Also gives the subprocesses
+    # the tests start (the CLI) Python's own SIGINT handling.
+    from resnet_fused.signals import honor_sigint
+
+    honor_sigint()
+
+
 @pytest.fixture
 def generator():
     """A fresh, seeded generator per test: random data, reproducible failures."""

@@ -77,18 +77,29 @@ def test_interrupt_prints_the_finished_cases_and_keeps_them(monkeypatch, tmp_pat
     assert [json.loads(line)["index"] for line in lines] == calls[:2]
 
 
-def test_real_sigint_mid_run_still_prints_a_table(tmp_path):
-    """The sweep as the GPU script runs it: a real SIGINT (timeout -s INT) mid-run."""
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_real_sigint_mid_run_still_prints_a_table(tmp_path, inherited):
+    """The sweep as the GPU script runs it: a real SIGINT (timeout -s INT) mid-run. "ignored":
+    the process starts with SIGINT ignored, as a background job of a script (`cmd &`) does."""
     out = tmp_path / "sweep.jsonl"
+
+    def ignore_sigint():  # runs in the child before exec; SIG_IGN survives the exec
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "resnet_fused", "sweep", "--backends", "cpu", "--cases", "2000",
          "--dtypes", "float32", "--json", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or not out.read_text().count("\n")):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ignore_sigint if inherited == "ignored" else None)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not out.exists()
+                                               or not out.read_text().count("\n")):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave a 2000-case sweep running behind a failed test
     assert proc.returncode == sweep.EXIT_INTERRUPTED, stderr
     finished = len(out.read_text().splitlines())
     assert 1 <= finished < 2000
