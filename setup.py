@@ -10,6 +10,8 @@ Environment knobs:
   CUTLASS_PATH               a CUTLASS checkout (its include/ is used) for the sm_90a kernels;
                              default: the headers of the installed `nvidia-cutlass` package
   RESNET_FUSED_NO_SM90=1     skip the sm_90a CUTLASS kernels (csrc/sm90/*.cu)
+  RESNET_FUSED_WERROR=1      compile the sm_90a CUTLASS kernels with warnings and register
+                             spills as errors (CI job 2 sets it)
 
 The sm_90a CUTLASS kernels (csrc/sm90/cutlass_conv_config*.cu) are compiled only when the arch
 list has 9.0 or 9.0a and CUTLASS's headers are found; they get their own nvcc command (only
@@ -124,6 +126,8 @@ def _sm90_nvcc_command(src: str, obj: str, include_dirs: list[str]) -> list[str]
            "-gencode", "arch=compute_90a,code=sm_90a"]
     for d in include_dirs:
         cmd += ["-isystem", d]
+    if os.environ.get("RESNET_FUSED_WERROR", "0") not in ("", "0"):
+        cmd += ["-Werror", "all-warnings", "-Xptxas", "-warn-spills"]
     return cmd
 
 

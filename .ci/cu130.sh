@@ -7,7 +7,8 @@
 #   2. copies the working tree (tracked + untracked-but-not-ignored files, exactly what the device
 #      tool ships) to a scratch folder, so the CPU job's `_C` in the repository is never touched,
 #   3. builds the FULL extension there (C++ CPU ops + CUDA kernels, sm_80 and sm_90a, and the
-#      sm_90a CUTLASS kernels from the pinned nvidia-cutlass headers) with nvcc,
+#      sm_90a CUTLASS kernels from the pinned nvidia-cutlass headers, with warnings and register
+#      spills as errors) with nvcc,
 #   4. checks the build: `_C` is an abi3 module, imports, and says "built, but no CUDA device";
 #      the SASS has tensor-core MMAs (HMMA), warpgroup MMAs (HGMMA) for sm_90a, no local memory,
 #   5. runs the whole test suite (CPU and Triton-interpreter tiers) against it,
@@ -59,7 +60,8 @@ cd "$SCRATCH"
 
 phase "build: TORCH_CUDA_ARCH_LIST=$ARCHS, nvcc $(nvcc --version | tail -n 1)"
 build_log=$SCRATCH/build.log
-if ! /usr/bin/time -v env MAX_JOBS=${MAX_JOBS:-2} TORCH_CUDA_ARCH_LIST="$ARCHS" \
+# RESNET_FUSED_WERROR=1: the CUTLASS kernels compile with warnings and register spills as errors.
+if ! /usr/bin/time -v env MAX_JOBS=${MAX_JOBS:-2} TORCH_CUDA_ARCH_LIST="$ARCHS" RESNET_FUSED_WERROR=1 \
     "$PY" -m pip install -v --no-build-isolation --no-deps -e . > "$build_log" 2>&1; then
   tail -n 200 "$build_log"
   exit 1
