@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -79,19 +80,29 @@ def _source_name(fused_name: str) -> str:
     return f"{block}.downsample.0" if m[3] == "skip" else f"{block}.conv{int(m[4]) + 1}"
 
 
-@torch.no_grad()
 def conv_layers(model: nn.Module | str = "resnet50", batch: int = 1,
                 size: int = 224) -> list[ConvLayer]:
     """The distinct fused conv layers of ``model`` at ``size`` x ``size``, in network order.
 
-    Found by running the fused model (``backend="aten"``) once and recording each fused conv's
-    input shape and whether a residual was passed to it, so it follows any ResNet depth.
+    Found by running the fused model (``backend="aten"``) once on the meta device (shapes only, no
+    arithmetic) and recording each fused conv's input shape and whether a residual was passed to
+    it, so it follows any ResNet depth. A model given by name is traced once per ``size``.
     """
+    layers = (_named_model_layers(model, size) if isinstance(model, str)
+              else _trace_conv_layers(model, size))
+    return [layer.with_batch(batch) for layer in layers]
+
+
+@functools.cache
+def _named_model_layers(name: str, size: int) -> tuple[ConvLayer, ...]:
+    return tuple(_trace_conv_layers(make_model(name), size))
+
+
+@torch.no_grad()
+def _trace_conv_layers(model: nn.Module, size: int) -> list[ConvLayer]:
     from ..fused import FusedConvBNAct, fuse
 
-    if isinstance(model, str):
-        model = make_model(model)
-    fused = fuse(copy.deepcopy(model).float().cpu(), backend="aten")
+    fused = fuse(copy.deepcopy(model).float().to("meta"), backend="aten")
     seen: dict[tuple, ConvLayer] = {}
 
     def hook(module, args, _out, name):
@@ -100,7 +111,7 @@ def conv_layers(model: nn.Module | str = "resnet50", batch: int = 1,
         k, c, r, s = module.weight.shape
         if module.stride[0] != module.stride[1] or module.padding[0] != module.padding[1]:
             raise ValueError(f"{name}: non-square stride/padding is not handled by the roofline")
-        layer = ConvLayer(_source_name(name), batch, c, x.shape[2], x.shape[3], k, r, s,
+        layer = ConvLayer(_source_name(name), 1, c, x.shape[2], x.shape[3], k, r, s,
                           module.stride[0], module.padding[0], residual, module.relu)
         key = dataclasses.astuple(dataclasses.replace(layer, name="", count=0))
         if key in seen:
@@ -111,12 +122,11 @@ def conv_layers(model: nn.Module | str = "resnet50", batch: int = 1,
     handles = [m.register_forward_hook(lambda mod, a, o, name=n: hook(mod, a, o, name))
                for n, m in fused.named_modules() if isinstance(m, FusedConvBNAct)]
     try:
-        fused(torch.zeros(1, 3, size, size))
+        fused(torch.zeros(1, 3, size, size, device="meta"))
     finally:
         for h in handles:
             h.remove()
     return list(seen.values())
-
 
 
 def make_layer_inputs(layer: ConvLayer, dtype: torch.dtype, device: torch.device | str,
