@@ -126,9 +126,13 @@ def _sm90_nvcc_command(src: str, obj: str, include_dirs: list[str]) -> list[str]
            "-gencode", "arch=compute_90a,code=sm_90a"]
     for d in include_dirs:
         cmd += ["-isystem", d]
-    if os.environ.get("RESNET_FUSED_WERROR", "0") not in ("", "0"):
+    if _werror():
         cmd += ["-Werror", "all-warnings", "-Xptxas", "-warn-spills"]
     return cmd
+
+
+def _werror() -> bool:
+    return os.environ.get("RESNET_FUSED_WERROR", "0") not in ("", "0")
 
 
 def _compile_sm90(build_temp: str, include_dirs: list[str]) -> list[str]:
@@ -199,7 +203,8 @@ def _extension():
     sm90_code, sm90_why = _sm90_wanted()
     if sm90_code == 0:
         print(f"resnet_fused: building the sm_90a CUTLASS kernels ({sm90_why}; "
-              f"{len(SM90_SOURCES)} translation units, 1-2 min and ~4 GB each).")
+              f"{len(SM90_SOURCES)} translation units, 1-2 min and ~4 GB each"
+              f"{'; warnings and register spills are errors' if _werror() else ''}).")
         sm90_flags = ["-DRESNET_FUSED_WITH_SM90"]
     else:
         print(f"resnet_fused: NOT building the sm_90a CUTLASS kernels: {sm90_why}. The CUDA "
