@@ -55,13 +55,17 @@ def test_max_pool_equals_torch(case, dtype, layout, generator):
     assert torch.equal(y, ref)
 
 
-def test_max_pool_nan_and_inf(generator):
-    x = torch.randn(1, 16, 8, 8, generator=generator).contiguous(memory_format=CL)
-    x[0, 3, 2, 2] = float("nan")
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("c", [16, 64, 130])  # a tail chunk only; one full chunk; two and a tail
+def test_max_pool_nan_and_inf(c, dtype, generator):
+    x = torch.randn(1, c, 8, 8, generator=generator).to(dtype).contiguous(memory_format=CL)
+    for ch in (3, c - 1):
+        x[0, ch, 2, 2] = float("nan")
     x[0, 4, 5, 5] = float("-inf")
     x[0, 5] = float("-inf")
+    x[0, c // 2, 4, 4] = float("inf")
     y = pooling.max_pool2d(x, (3, 3), (2, 2), (1, 1))
-    ref = F.max_pool2d(x, 3, 2, 1)
+    ref = F.max_pool2d(x.float(), 3, 2, 1).to(dtype)
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.isnan(y).any()
     assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(ref))
 

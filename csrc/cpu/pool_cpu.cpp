@@ -11,8 +11,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
-#include <vector>
+#include <type_traits>
 
 #include "vector_clones.h"
 
@@ -31,30 +33,65 @@ void check_pool_input(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.device().is_cpu(), op, " (cpu): input must be a CPU tensor");
 }
 
-// max over the window of (ho, wo) for every channel; NaN wins, as in torch.max_pool2d.
+// Channels per register-resident chunk of the max-pool: a compile-time width lets the compiler
+// keep the running maxima in vector registers across the whole window (4 zmm in fp32 for 64)
+// instead of loading and storing a runtime-length accumulator once per window element.
+constexpr int64_t kPoolChunk = 64;
+
+// A float that holds a value of T (a max of T values) back to T. For bf16 that is the float's
+// upper half, bit for bit (NaN included): no rounding logic, so the store loop vectorizes.
+template <typename T>
+[[gnu::always_inline]] inline T exact_to(float v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    return c10::BFloat16(static_cast<uint16_t>(bits >> 16), c10::BFloat16::from_bits());
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+// max over one window for channels [0, width) of `in`'s pixels; NaN wins, as in torch.max_pool2d.
+// W > 0: the width is W (known at compile time); W == 0: `width` channels (the tail chunk).
+template <typename T, int64_t W>
+[[gnu::always_inline]] inline void max_window(const T* __restrict__ in, T* __restrict__ out, int64_t width,
+                       int64_t w, int64_t c, int64_t hi_begin, int64_t hi_end, int64_t wi_begin,
+                       int64_t wi_end) {
+  const int64_t n = W > 0 ? W : width;
+  float acc[kPoolChunk];
+  for (int64_t ch = 0; ch < n; ++ch) acc[ch] = -std::numeric_limits<float>::infinity();
+  for (int64_t hi = hi_begin; hi < hi_end; ++hi) {
+    for (int64_t wi = wi_begin; wi < wi_end; ++wi) {
+      const T* px = in + (hi * w + wi) * c;
+      for (int64_t ch = 0; ch < n; ++ch) {
+        const float v = static_cast<float>(px[ch]);
+        acc[ch] = (v > acc[ch] || v != v) ? v : acc[ch];
+      }
+    }
+  }
+  for (int64_t ch = 0; ch < n; ++ch) out[ch] = exact_to<T>(acc[ch]);
+}
+
+// One output row (fixed n, ho): every wo, every channel.
 template <typename T>
 RESNET_FUSED_VECTOR_CLONES
-void max_pool_row(const T* __restrict__ in, T* __restrict__ out, float* __restrict__ acc,
-                  int64_t h, int64_t w, int64_t c, int64_t wo_count, int64_t hi0, int64_t kh,
-                  int64_t kw, int64_t sw, int64_t pw) {
+void max_pool_row(const T* __restrict__ in, T* __restrict__ out, int64_t h, int64_t w, int64_t c,
+                  int64_t wo_count, int64_t hi0, int64_t kh, int64_t kw, int64_t sw, int64_t pw) {
   const int64_t hi_begin = std::max<int64_t>(hi0, 0);
   const int64_t hi_end = std::min<int64_t>(hi0 + kh, h);
   for (int64_t wo = 0; wo < wo_count; ++wo) {
     const int64_t wi0 = wo * sw - pw;
     const int64_t wi_begin = std::max<int64_t>(wi0, 0);
     const int64_t wi_end = std::min<int64_t>(wi0 + kw, w);
-    std::fill(acc, acc + c, -std::numeric_limits<float>::infinity());
-    for (int64_t hi = hi_begin; hi < hi_end; ++hi) {
-      for (int64_t wi = wi_begin; wi < wi_end; ++wi) {
-        const T* px = in + (hi * w + wi) * c;
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const float v = static_cast<float>(px[ch]);
-          acc[ch] = (v > acc[ch] || v != v) ? v : acc[ch];
-        }
-      }
+    int64_t c0 = 0;
+    for (; c0 + kPoolChunk <= c; c0 += kPoolChunk) {
+      max_window<T, kPoolChunk>(in + c0, out + wo * c + c0, kPoolChunk, w, c, hi_begin, hi_end,
+                                wi_begin, wi_end);
     }
-    T* po = out + wo * c;
-    for (int64_t ch = 0; ch < c; ++ch) po[ch] = static_cast<T>(acc[ch]);  // exact: a T value
+    if (c0 < c) {
+      max_window<T, 0>(in + c0, out + wo * c + c0, c - c0, w, c, hi_begin, hi_end, wi_begin,
+                       wi_end);
+    }
   }
 }
 
@@ -85,10 +122,9 @@ at::Tensor max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel, at::I
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, n * ho, grain, [&](int64_t begin, int64_t end) {
-      std::vector<float> acc(c);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / ho, oh = row % ho;
-        max_pool_row<scalar_t>(in + b * h * w * c, o + row * wo * c, acc.data(), h, w, c, wo,
+        max_pool_row<scalar_t>(in + b * h * w * c, o + row * wo * c, h, w, c, wo,
                                oh * stride[0] - padding[0], kernel[0], kernel[1], stride[1],
                                padding[1]);
       }
