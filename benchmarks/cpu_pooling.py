@@ -6,7 +6,8 @@
 For the stem's max-pool (3x3, stride 2, padding 1 over 64 x 112 x 112) and the global average pool
 (2048 x 7 x 7), at batch 1 and 8 in float32 and bfloat16, channels_last: ``resnet_fused``'s op,
 ``torch.compile`` of the same torch function (Inductor's generated C++) and the eager ATen op are
-each called once per round, in rotated order; every output is first checked equal to ATen's.
+each called once per round, in rotated order; every output is first checked against ATen's
+(max: equal; mean: within rounding).
 Prints the median time of each and the median (interquartile range) of the per-round ratio
 ours / Inductor; ``--json`` also writes every round's times.
 """
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                 ref = torch_fn(x)
                 for vname, fn in variants.items():
                     y = fn(x)
-                    if vname == "ours" and name.startswith("global"):
-                        # a mean: fp32 sums in a different order than ATen's; compare as bounds
+                    if name.startswith("global"):
+                        # a mean: sums in another order than ATen's; within rounding, not equal
                         ok = torch.allclose(y.float(), ref.float(), rtol=1e-2, atol=1e-2)
                     else:
                         ok = torch.equal(y, ref)
