@@ -52,7 +52,7 @@ assert torch.__version__.startswith("2.11.0") and torch.version.cuda, "not the G
 EOF
 
 GIT_SHA=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-SCRATCH=$(mktemp -d /tmp/resnet_fused-cu130.XXXXXX)
+SCRATCH=$(mktemp -d -t resnet_fused-cu130.XXXXXX)
 if [[ ${KEEP_SCRATCH:-0} == 0 ]]; then trap 'rm -rf "$SCRATCH"' EXIT; fi
 phase "copy of the working tree -> $SCRATCH"
 git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C "$SCRATCH"

@@ -26,7 +26,7 @@ for lib in "$LIBASAN" "$LIBSTDCXX"; do
   fi
 done
 
-SCRATCH=$(mktemp -d /tmp/resnet_fused_sanitize.XXXXXX)
+SCRATCH=$(mktemp -d -t resnet_fused_sanitize.XXXXXX)
 cleanup() { if [ -z "${KEEP:-}" ]; then rm -rf "$SCRATCH"; else echo "kept $SCRATCH"; fi; }
 trap cleanup EXIT
 

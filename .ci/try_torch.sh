@@ -13,7 +13,7 @@ T0=$SECONDS
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$VERSION" 'setuptools>=77' \
   wheel ninja numpy tqdm pytest pytest-benchmark safetensors
 "$VENV/bin/python" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-SCRATCH=$(mktemp -d /tmp/resnet_fused-torch-$VERSION.XXXXXX)
+SCRATCH=$(mktemp -d -t resnet_fused-torch-$VERSION.XXXXXX)
 trap 'rm -rf "$SCRATCH"' EXIT
 (cd "$ROOT" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$SCRATCH"
 cd "$SCRATCH"

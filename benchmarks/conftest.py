@@ -89,6 +89,16 @@ def pytest_addoption(parser):
                     help="untimed warm-up rounds per case (default: 5 GPU, 1 CPU)")
 
 
+def _selected_layers(config) -> list:
+    """ResNet-50's distinct conv layers, or those named by --bench-layers."""
+    layers = bench.conv_layers("resnet50")
+    only = config.getoption("--bench-layers")
+    if only:
+        wanted = _split(only, "")
+        layers = [la for la in layers if la.name in wanted]
+    return layers
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "compile: the torch.compile baseline (slow to build)")
     # The GPU session cuts benchmark steps with SIGINT (pytest-benchmark still writes its JSON).
@@ -179,21 +189,14 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("side_by_side", cases,
                              ids=[f"{m}-bs{b}-{d}" for m, b, d in cases])
     if "layer_side_by_side" in names:
-        layers = bench.conv_layers("resnet50")
-        only = config.getoption("--bench-layers")
-        if only:
-            layers = [la for la in layers if la.name in _split(only, "")]
+        layers = _selected_layers(config)
         batches = [int(b) for b in _split(config.getoption("--bench-layer-batches"), "8")]
         dtypes = _split(config.getoption("--bench-layer-dtypes"), _cpu_dtypes())
         cases = [(la, b, d) for la in layers for b in batches for d in dtypes]
         metafunc.parametrize("layer_side_by_side", cases,
                              ids=[f"{la.name}-bs{b}-{d}" for la, b, d in cases])
     if "layer_variant" in names:
-        layers = bench.conv_layers("resnet50")
-        only = config.getoption("--bench-layers")
-        if only:
-            wanted = _split(only, "")
-            layers = [la for la in layers if la.name in wanted]
+        layers = _selected_layers(config)
         batches = [int(b) for b in _split(config.getoption("--bench-layer-batches"),
                                           "256" if gpu else "8")]
         dtypes = _split(config.getoption("--bench-layer-dtypes"), "bfloat16" if gpu else "float32")

@@ -54,12 +54,17 @@ class Step:
     what: str
 
 
+# Every call starts on a bare machine: say what is there, then make sure _C loads.
+_SETUP = (
+    Step("info", 40, "versions, nvidia-smi, the prebuilt _C loads (or build), this plan"),
+    Step("build", 240, "only if the prebuilt _C does not load: nvcc build on the GPU machine"),
+)
+
 # Each call's steps in order, with their time limits (seconds). A call's budget is what one
 # device command may run (600 s) less a margin for the transfers back.
 CALLS: dict[str, tuple[Step, ...]] = {
     "validation": (
-        Step("info", 40, "versions, nvidia-smi, the prebuilt _C loads (or build), this plan"),
-        Step("build", 240, "only if the prebuilt _C does not load: nvcc build on the GPU machine"),
+        *_SETUP,
         Step("warm-triton", 150, "AOT-compile the Triton steps' kernels in parallel (background)"),
         Step("tests-cuda", 150, "pytest GPU tier: CUDA backend, models (torchvision/timm), fuse"),
         Step("sweep-cuda", 75, "randomized conv_bn_act sweep, cuda backend, 500 cases"),
@@ -68,8 +73,7 @@ CALLS: dict[str, tuple[Step, ...]] = {
         Step("sweep-triton", 90, "randomized sweep, triton backend, cases sized by compiles"),
     ),
     "performance": (
-        Step("info", 40, "versions, nvidia-smi, the prebuilt _C loads (or build), this plan"),
-        Step("build", 240, "only if the prebuilt _C does not load"),
+        *_SETUP,
         Step("warm-triton", 60, "AOT-compile the benchmarks' Triton kernels (all candidates)"),
         Step("bench-model", 150, "ResNet-50 bf16 batch 256 then 1: baselines, fused-*, graphs"),
         Step("bench-layers", 100, "every distinct conv shape at batch 256: cuDNN vs fused"),
@@ -80,8 +84,7 @@ CALLS: dict[str, tuple[Step, ...]] = {
     # The user's job end to end (JPEG files in, features out) against the model alone, then
     # whatever the session has left for ncu on the layers furthest from their floor.
     "pipeline": (
-        Step("info", 40, "versions, nvidia-smi, the prebuilt _C loads (or build), this plan"),
-        Step("build", 240, "only if the prebuilt _C does not load"),
+        *_SETUP,
         Step("bench-infer", 240, "predict/extract job vs model alone: bf16, batch 256, CPU and "
              "GPU JPEG decode"),
     ),

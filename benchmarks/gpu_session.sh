@@ -38,7 +38,7 @@ PY=${PYTHON:-python3}
 # The GPU machine has no install of this package: its scripts import it from the checkout.
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [[ $DRY == 1 ]]; then
-  OUT=${OUT:-$(mktemp -d /tmp/gpu-session-dry-run.XXXXXX)}
+  OUT=${OUT:-$(mktemp -d -t gpu-session-dry-run.XXXXXX)}
 else
   OUT=${OUT:-benchmarks/results/gpu-$(date +%F)}
 fi
@@ -49,7 +49,12 @@ PREBUILT=${PREBUILT:-build/prebuilt-cu130}
 log() { echo "$*" >> "$LOG"; }
 
 # The plan: steps, limits and sizes (env overrides what the plan says).
-PLAN_FILE=/tmp/gpu_session_plan.txt
+# This run's own scratch files (plan, build flag, background log): concurrent runs never share.
+WORK=$(mktemp -d -t gpu-session.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+PLAN_FILE=$WORK/plan.txt
+NEED_BUILD=$WORK/need_build
+WARM_LOG=$WORK/warm.log
 plan_args=(--call "$CALL" --plan-file "$PLAN_FILE")
 [[ $DRY == 1 ]] && plan_args+=(--dry-run)
 if ! plan=$("$PY" benchmarks/gpu_plan.py env "${plan_args[@]}" 2>>"$LOG"); then
@@ -118,9 +123,10 @@ EOF
 }
 
 # Uses the prebuilt abi3 _C when it loads here (the log says which); otherwise leaves the build
-# step to compile it. Sets NEED_BUILD in a file the build step reads (steps run in subshells).
+# step to compile it. Flags that in the file $NEED_BUILD, which the build step reads (steps run
+# in subshells).
 prepare_extension() {
-  rm -f /tmp/gpu_session_need_build
+  rm -f "$NEED_BUILD"
   if ls resnet_fused/_C*.so >/dev/null 2>&1 && [[ $DRY == 1 ]]; then
     echo "extension: dry run, using this checkout's own $(ls resnet_fused/_C*.so)"
     return 0
@@ -138,11 +144,11 @@ print('backends:', s); assert s['cuda'] == 'available' or not torch.cuda.is_avai
   else
     echo "extension: no prebuilt _C at $PREBUILT; the build step will compile it"
   fi
-  touch /tmp/gpu_session_need_build
+  touch "$NEED_BUILD"
 }
 
 build() {
-  if [[ ! -f /tmp/gpu_session_need_build ]]; then
+  if [[ ! -f $NEED_BUILD ]]; then
     echo "build: not needed (the prebuilt _C loads)"
     return 0
   fi
@@ -150,8 +156,7 @@ build() {
     echo "installing offline wheels from .whl/: $(ls .whl)"
     "$PY" -m pip install -q --no-index --no-deps .whl/*.whl || return 1
   fi
-  local blog
-  blog=$(mktemp /tmp/build.XXXXXX.log)
+  local blog=$WORK/build.log
   CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=${MAX_JOBS:-12} \
     TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} \
     "$PY" -m pip install --no-build-isolation --no-deps -e . > "$blog" 2>&1
@@ -180,7 +185,7 @@ sanitizer() {
 }
 
 export -f info prepare_extension build sanitizer
-export DRY PY STEPS BUDGET_S CALL PREBUILT PLAN_FILE
+export DRY PY STEPS BUDGET_S CALL PREBUILT PLAN_FILE WORK NEED_BUILD
 
 if [[ $DRY == 1 ]]; then
   # CPU: the same steps and commands, tiny sizes, CPU stand-ins for the GPU backends.
@@ -222,7 +227,7 @@ if [[ " $STEPS " == *" warm-triton "* ]]; then
   [[ $CALL == validation ]] && warm_steps=(tests-triton sweep-triton)
   if [[ $CALL == validation ]]; then
     # In the background: it needs the CPUs, the CUDA steps need the GPU.
-    (STEPS=warm-triton LOG=/tmp/gpu_session_warm.log; : > "$LOG"
+    (STEPS=warm-triton LOG=$WARM_LOG; : > "$LOG"
      limit=$T_WARM_TRITON
      echo "=== [warm-triton, background] $(date -u +%T) (limit ${limit}s)" >> "$LOG"
      timeout -s INT -k 15 "$limit" "$PY" benchmarks/gpu_plan.py warm "${warm_steps[@]}" \
@@ -239,8 +244,8 @@ step sweep-cuda "$PY" -m resnet_fused sweep "${SWEEP_CUDA[@]}" --cases "$SWEEP_C
 step sanitizer sanitizer
 if [[ -n $WARM_PID ]]; then
   wait "$WARM_PID"
-  cat /tmp/gpu_session_warm.log >> "$LOG"
-  SUMMARY+=("warm-triton: $(tail -n 1 /tmp/gpu_session_warm.log)")
+  cat "$WARM_LOG" >> "$LOG"
+  SUMMARY+=("warm-triton: $(tail -n 1 "$WARM_LOG")")
 fi
 step tests-triton "$PY" -m pytest -q -p no:cacheprovider -m "gpu and triton" tests
 step sweep-triton env RESNET_FUSED_TRITON_AUTOTUNE=0 TRITON_INTERPRET=$TRITON_INTERPRET_FOR_SWEEP \

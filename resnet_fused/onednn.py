@@ -64,6 +64,7 @@ def cpu_capability() -> dict:
     return caps
 
 
+@functools.cache  # asked on every classifier call; the CPU and the torch build do not change
 def fast_dtypes() -> frozenset[torch.dtype]:
     """The compute dtypes the oneDNN fast path runs on this machine (empty without oneDNN)."""
     caps = cpu_capability()

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -141,28 +140,18 @@ def outside_tracing() -> Iterator[None]:
 
 def wall_timer(fn: Callable[[], object], reps: int = 3) -> float:
     """Median seconds of ``fn()`` by the wall clock (CPU work), after one warm-up."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    from .bench.timing import time_fn  # bench imports the models, which import this module
+
+    return time_fn(fn, "cpu", warmup=1, reps=reps).median
 
 
 def cuda_timer(fn: Callable[[], object], reps: int = 20) -> float:
-    """Median seconds of ``fn()`` on the current CUDA stream (CUDA events, after 3 warm-ups)."""
-    for _ in range(3):
-        fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for start, end in zip(starts, ends, strict=True):
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True))
-    return times[len(times) // 2]
+    """Median seconds of ``fn()`` on the current CUDA stream: bench's CUDA-event timer (3
+    warm-ups, an untimed L2 flush before each rep, as the benchmarks measure)."""
+    from .bench.timing import time_fn
+
+    return time_fn(fn, torch.device("cuda", torch.cuda.current_device()), warmup=3,
+                   reps=reps).median
 
 
 def choose(
