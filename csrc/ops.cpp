@@ -46,4 +46,11 @@ TORCH_LIBRARY(resnet_fused, m) {
   // mode), output channels_last; and the mean over H, W as an (N, C) tensor.
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
   m.def("global_avg_pool(Tensor input) -> Tensor");
+  // A stride-1, padding-1 3x3 conv_bn_act as Winograd F(m, 3) (CPU, csrc/cpu/winograd_cpu.cpp):
+  // y = act(conv + bias (+ residual)), channels_last. `weight` is the transformed filter
+  // (resnet_fused/winograd.py): (36, C_in, C_out) for F(4,3), float32 only, or (16, C_in, C_out)
+  // for F(2,3); `bias` is float32.
+  m.def(
+      "winograd_conv3x3(Tensor input, Tensor weight, Tensor bias, Tensor? residual, bool relu) "
+      "-> Tensor");
 }

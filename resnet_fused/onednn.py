@@ -15,12 +15,16 @@ registered ``torch.ops.mkldnn`` ops Inductor uses:
   another layout would be reordered again on every call) and kept for later calls.
 * Activations stay channels_last (NHWC) between layers: oneDNN reads and writes that layout
   directly, without reorders.
+* Stride-1 3x3 convolutions may run as Winograd F(m, 3) instead (:mod:`resnet_fused.winograd`,
+  this package's own op), chosen per input shape by a fixed rule (or, with
+  ``RESNET_FUSED_WINOGRAD=measure``, by timing both once).
 
 The prepared weights are derived state, not a cache that goes stale when the module's numbers
 change through PyTorch: each call first checks that the module's ``weight``/``scale``/``shift``
 are the tensors it prepared from, unchanged (same tensor, storage and version counter; every
 in-place update through PyTorch bumps the version), and prepares again otherwise. Writes that
-bypass the version counter (``.data``, NumPy views) need ``FusedResNet.refresh()``. The raw op
+bypass the version counter (``.data``, NumPy views, in-place writes to inference tensors) need
+``FusedResNet.refresh()``. The raw op
 ``resnet_fused::conv_bn_act`` keeps no state.
 
 Dtypes: float32 always; bfloat16/float16 where oneDNN has kernels for them on this CPU
@@ -34,6 +38,8 @@ import functools
 
 import torch
 from torch import Tensor
+
+from . import winograd
 
 __all__ = ["OneDNNConv", "cpu_capability", "fast_dtypes"]
 
@@ -83,14 +89,17 @@ _CONV = torch.ops.mkldnn._convolution_pointwise.default
 _CONV_BINARY = torch.ops.mkldnn._convolution_pointwise.binary
 _CONV_SUM_ = torch.ops.mkldnn._convolution_pointwise_.binary
 _REORDER_WEIGHT = torch.ops.mkldnn._reorder_convolution_weight.default
+_WINOGRAD = torch.ops.resnet_fused.winograd_conv3x3.default
 
 _DILATION = [1, 1]
 
 
 def _fingerprint(t: Tensor) -> tuple:
     # Tensor identity, storage and version counter: any PyTorch write to t, a new tensor assigned
-    # to the module, or a move/cast (which makes new tensors) changes one of them.
-    return (id(t), t.data_ptr(), t._version)
+    # to the module, or a move/cast (which makes new tensors) changes one of them. Inference
+    # tensors (made under torch.inference_mode, e.g. by a .to() there) have no version counter:
+    # writes to those are only seen through refresh(), as for writes that bypass PyTorch.
+    return (id(t), t.data_ptr(), -1 if t.is_inference() else t._version)
 
 
 class OneDNNConv:
@@ -107,7 +116,8 @@ class OneDNNConv:
     # Input shapes remembered at all (each entry is two references and a tuple).
     _MAX_ENTRIES = 64
 
-    def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding) -> None:
+    def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding,
+                 algorithms: dict[tuple[int, int, int], str] | None = None) -> None:
         self.stride = list(stride)
         self.padding = list(padding)
         self.dtype = weight.dtype
@@ -117,9 +127,18 @@ class OneDNNConv:
         # oneDNN's fused convolution wants the bias in the compute dtype.
         self.bias = shift.to(self.dtype)
         # x.shape -> (weight in oneDNN's layout for it, expected residual/output shape)
-        self._entries: dict[torch.Size, tuple[Tensor, tuple[int, ...]]] = {}
+        self._entries: dict[torch.Size, tuple[Tensor, tuple[int, ...], bool]] = {}
         self._packed: dict[tuple[int, int, int], Tensor] = {}  # (N, H, W) -> packed weight
         self._last: Tensor | None = None
+        # Stride-1 3x3 convs may run as Winograd instead (resnet_fused.winograd), per input shape.
+        self._winograd_eligible = winograd.eligible((self.kh, self.kw), self.stride, self.padding,
+                                                    self.dtype)
+        self._winograd_filter: Tensor | None = None  # built on first use; shape-independent
+        self._winograd_bias = shift.float().contiguous()
+        # (N, H, W) -> "winograd"/"direct". The caller may pass (and keep) the dict: choices made
+        # for earlier weights of the same layer stay valid (same shapes, same costs), and copies of
+        # a model then compute with the same algorithms, bit for bit (under "measure" too).
+        self._algorithms = {} if algorithms is None else algorithms
 
     def is_prepared_from(self, weight: Tensor, scale: Tensor, shift: Tensor) -> bool:
         """True if these are the tensors this was prepared from, unchanged since."""
@@ -128,9 +147,11 @@ class OneDNNConv:
                 and (_fingerprint(weight), _fingerprint(scale), _fingerprint(shift))
                 == self._fingerprints)
 
-    def _entry(self, shape: torch.Size) -> tuple[Tensor, tuple[int, ...]] | None:
-        """Packed weight and output shape for inputs of this shape; None if it is not a valid
-        input (wrong rank or channels, empty batch, smaller than the kernel)."""
+    def _entry(self, x: Tensor) -> tuple[Tensor, tuple[int, ...], bool] | None:
+        """(weight, output shape, is_winograd) for inputs of x's shape: the packed oneDNN weight,
+        or the Winograd filter where that algorithm was chosen for the shape; None if x is not a
+        valid input (wrong rank or channels, empty batch, smaller than the kernel)."""
+        shape = x.shape
         if len(shape) != 4 or shape[1] != self.in_channels or shape[0] == 0:
             return None
         n, _, h, w = shape
@@ -147,10 +168,46 @@ class OneDNNConv:
                 self._last = packed
             else:
                 packed = self._last
-        entry = (packed, (n, self.out_channels, ho, wo))
+        out_shape = (n, self.out_channels, ho, wo)
+        entry = (packed, out_shape, False)
+        if (self._winograd_eligible and winograd.worthwhile(h, w, self.dtype)
+                and self._use_winograd(x, key, packed)):
+            entry = (self._winograd_filter, out_shape, True)
         if len(self._entries) < self._MAX_ENTRIES:
             self._entries[shape] = entry
         return entry
+
+    def _use_winograd(self, x: Tensor, key: tuple[int, int, int], packed: Tensor) -> bool:
+        """Whether inputs of shape ``key`` = (N, H, W) run as Winograd, by
+        :func:`winograd.policy`: a fixed rule (``auto``), timing both on ``x`` once per shape
+        (``measure``), or ``always``/``never``."""
+        rule = winograd.policy()
+        if rule == "never":
+            return False
+        chosen = self._algorithms.get(key)
+        if chosen is None:
+            if rule == "always" or (rule == "auto" and winograd.by_rule(*key, self.dtype)):
+                chosen = "winograd"
+            elif rule == "auto" or len(self._algorithms) >= self._MAX_ENTRIES:
+                chosen = "direct"
+            else:
+                u, bias = self._winograd_u(), self._winograd_bias
+                wins = winograd.faster(
+                    lambda: _WINOGRAD(x, u, bias, None, True),
+                    lambda: _CONV(x, packed, self.bias, self.padding, self.stride, _DILATION, 1,
+                                  "relu", [], ""), x)
+                chosen = "winograd" if wins else "direct"
+            self._algorithms[key] = chosen
+        if chosen == "winograd":
+            self._winograd_u()
+        return chosen == "winograd"
+
+    def _winograd_u(self) -> Tensor:
+        # The transformed filter: shape-independent, built on first use.
+        if self._winograd_filter is None:
+            weight, scale, _ = self._source
+            self._winograd_filter = winograd.transform_filter(weight, scale, self.dtype)
+        return self._winograd_filter
 
     def _fold(self) -> Tensor:
         # fp32 fold, one rounding to the compute dtype; channels_last (K, R, S, C memory) is what
@@ -165,10 +222,15 @@ class OneDNNConv:
         handled here (see the class docstring)."""
         if x.dtype != self.dtype or not x.is_cpu:
             return None
-        entry = self._entries.get(x.shape) or self._entry(x.shape)
+        entry = self._entries.get(x.shape) or self._entry(x)
         if entry is None:
             return None
-        weight, out_shape = entry
+        weight, out_shape, is_winograd = entry
+        if is_winograd:
+            if residual is not None and (residual.shape != out_shape or residual.dtype != self.dtype
+                                         or not residual.is_cpu):
+                return None
+            return _WINOGRAD(x, weight, self._winograd_bias, residual, relu)
         if residual is None:
             return _CONV(x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
                          "relu" if relu else "none", [], "")
@@ -192,3 +254,9 @@ class OneDNNConv:
     def shapes(self) -> list[tuple[int, int, int]]:
         """The (N, H, W) input shapes a weight is reordered for."""
         return list(self._packed)
+
+    @property
+    def algorithms(self) -> dict[tuple[int, int, int], str]:
+        """The algorithm chosen per (N, H, W) input shape: ``"winograd"`` or ``"direct"``
+        (shapes of a conv that Winograd cannot compute are not listed)."""
+        return dict(self._algorithms)

@@ -120,9 +120,22 @@ def test_fast_conv_matches_reference(case, dtype, generator, no_raw_op):
     assert_close(y, ref, dtype)
 
 
+@pytest.fixture
+def direct_only(monkeypatch):
+    """The oneDNN convolution for every conv (no Winograd): for what only that path promises."""
+    monkeypatch.setenv("RESNET_FUSED_WINOGRAD", "never")
+
+
+@pytest.fixture(params=["never", "always"])
+def winograd_policy(request, monkeypatch):
+    """Runs a test with the 3x3 stride-1 convs on oneDNN's direct conv, then on Winograd."""
+    monkeypatch.setenv("RESNET_FUSED_WINOGRAD", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", FAST, ids=FAST_IDS)
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "norelu"])
-def test_residual_sum_in_place(dtype, relu, generator, no_raw_op):
+def test_residual_sum_in_place(dtype, relu, generator, no_raw_op, direct_only):
     """A scratch residual is accumulated into (no new output); any other is left untouched."""
     conv = make_conv(generator, 16, 32, 3, 3, (1, 1), (1, 1), dtype, relu)
     x = torch.randn(2, 16, 9, 11, generator=generator).to(dtype).contiguous(memory_format=CL)
@@ -260,7 +273,7 @@ UPDATES = _updates()
 
 
 @pytest.mark.parametrize("update", list(UPDATES))
-def test_prepared_weights_follow_updates(update, generator, no_raw_op):
+def test_prepared_weights_follow_updates(update, generator, no_raw_op, winograd_policy):
     conv = make_conv(generator, 8, 16, 3, 3, (1, 1), (1, 1), torch.float32)
     x = torch.randn(2, 8, 10, 10, generator=generator)
     with torch.no_grad():
@@ -288,7 +301,7 @@ def test_refresh_after_writes_that_bypass_autograd(generator):
     assert_close(y, ref, torch.float32, "model")
 
 
-def test_model_load_state_dict_after_use(generator):
+def test_model_load_state_dict_after_use(generator, winograd_policy):
     """A fused model that already ran, given another network's weights, computes that network."""
     a = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval()
     b = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval()
@@ -302,7 +315,7 @@ def test_model_load_state_dict_after_use(generator):
     assert_close(y, ref, torch.float32, "model")
 
 
-def test_cast_after_use_follows_dtype(generator):
+def test_cast_after_use_follows_dtype(generator, winograd_policy):
     if torch.bfloat16 not in onednn.fast_dtypes():
         pytest.skip("no oneDNN bf16 on this CPU")
     model = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval()
@@ -339,7 +352,7 @@ def models():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
-def test_every_depth_fp32(name, models, generator, no_raw_op):
+def test_every_depth_fp32(name, models, generator, no_raw_op, winograd_policy):
     model = models(name)
     fused = fuse(model, backend="cpu")
     x = torch.randn(2, 3, 48, 40, generator=generator)
@@ -363,7 +376,7 @@ def _features64(m, x):
                          ids=[i for i in FAST_IDS if i != "float32"])
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("n", [1, 3])
-def test_low_precision_models(name, dtype, n, models, generator, no_raw_op):
+def test_low_precision_models(name, dtype, n, models, generator, no_raw_op, winograd_policy):
     model = models(name)
     fused = fuse(model, backend="cpu", dtype=dtype)
     x = torch.randn(n, 3, 64, 56, generator=generator)
@@ -408,7 +421,7 @@ def test_downsample_block_sums_into_its_last_conv(dtype, models, generator, no_r
     assert_close(y, ref, dtype, "op" if dtype == torch.float32 else "model")
 
 
-def test_copy_and_pickle_after_use(models, generator):
+def test_copy_and_pickle_after_use(models, generator, winograd_policy):
     fused = fuse(models("resnet18"), backend="cpu")
     x = torch.randn(1, 3, 32, 32, generator=generator)
     with torch.no_grad():
@@ -422,6 +435,46 @@ def test_copy_and_pickle_after_use(models, generator):
         for other in (clone, loaded, unpickled):
             assert torch.equal(other(x), y)
     assert fused.stem._onednn is not None, "copying does not drop the original's prepared state"
+
+
+def test_copies_keep_the_measured_algorithms(models, generator, monkeypatch):
+    """Under ``measure`` each 3x3 conv's algorithm is timed once per shape; a copy or pickle runs
+    the same choices (not a new, timing-dependent draw), so it computes the same bits."""
+    monkeypatch.setenv("RESNET_FUSED_WINOGRAD", "measure")
+    fused = fuse(models("resnet18"), backend="cpu")
+    x = torch.randn(1, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        y = fused(x)
+        chosen = {n: m._algorithms for n, m in fused.named_modules()
+                  if isinstance(m, FusedConvBNAct) and m._algorithms}
+        assert chosen, "resnet18's 3x3 stride-1 convs must have a measured choice"
+        for other in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+            assert {n: m._algorithms for n, m in other.named_modules()
+                    if isinstance(m, FusedConvBNAct) and m._algorithms} == chosen
+            assert torch.equal(other(x), y)
+
+
+def test_fuse_and_run_under_inference_mode(models, generator, winograd_policy):
+    """fuse() under torch.inference_mode still makes version-counted buffers, so in-place weight
+    updates after it are seen; and inference tensors (a .to() under inference mode) run too."""
+    model = models("resnet18")
+    x = torch.randn(1, 3, 32, 32, generator=generator)
+    with torch.inference_mode():
+        fused = fuse(model, backend="cpu")
+        y = fused(x)
+    assert not fused.stem.weight.is_inference()
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(x.double())
+        fused.stem.scale.mul_(-1.0)
+        flipped = fused(x)
+    assert_close(y, ref, torch.float32, "model")
+    assert relative_error(flipped, ref) > 1e-2, "the in-place update must be seen"
+    with torch.no_grad():
+        fused.stem.scale.mul_(-1.0)  # back to the model's numbers
+    with torch.inference_mode():
+        moved = copy.deepcopy(fused).to(torch.float64).to(torch.float32)  # inference tensors now
+        assert moved.stem.weight.is_inference()
+        assert_close(moved(x), copy.deepcopy(model).double()(x.double()), torch.float32, "model")
 
 
 # --- fallbacks ---------------------------------------------------------------------------------
@@ -502,6 +555,16 @@ def test_capability_and_info(capsys):
     out = capsys.readouterr().out
     assert "cpu fast path (oneDNN)" in out
     assert caps["isa"] in out
+    assert "winograd  auto (RESNET_FUSED_WINOGRAD): 3x3 stride-1 convs with >= 32" in out
+
+
+def test_info_names_a_bad_winograd_setting(capsys, monkeypatch):
+    monkeypatch.setenv("RESNET_FUSED_WINOGRAD", "sometimes")
+    from resnet_fused import info
+
+    assert info.run() == 0
+    assert "winograd  invalid setting: RESNET_FUSED_WINOGRAD must be one of" in (
+        capsys.readouterr().out)
 
 
 def test_state_dict_holds_only_the_source_numbers(models):

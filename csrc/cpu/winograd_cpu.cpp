@@ -1,0 +1,356 @@
+// Winograd 3x3 convolution (stride 1, padding 1) for the CPU fast path, channels_last.
+//
+// A 3x3 convolution computed tile by tile as F(m, 3): each m x m output tile comes from an
+// (m+2) x (m+2) input patch d through
+//
+//     Y = A^T [ (G g G^T) (.) (B^T d B) ] A        ((.): elementwise, summed over input channels)
+//
+// so the channel sum becomes (m+2)^2 independent GEMMs, V[ij] (tiles x C) @ U[ij] (C x K), with
+// 9 m^2 / (m+2)^2 of the direct convolution's multiplications (1/4 for F(4,3), 4/9 for F(2,3)).
+// ResNet's stride-1 3x3 convolutions are half its FLOPs, and at 14x14 and larger ATen's batched
+// GEMM runs these products in well under the time oneDNN's direct convolution takes.
+//
+// This file holds the two transforms, each one pass over NHWC memory with the channels innermost
+// (the loops vectorize), and the op that chains input transform -> at::bmm -> output transform.
+// The filter transform U = G g G^T happens once, in Python, when a model is fused
+// (resnet_fused/winograd.py), with BatchNorm's scale folded in fp64 first.
+//
+// Numerics: F(4,3)'s transform matrices hold 4s and 8s, which scale rounding errors up (measured
+// on ResNet shapes, fp32 vs fp64: ~2e-6 relative L2, the direct convolution ~2e-7; the op bound
+// is 1e-5). In bf16 those same factors would take F(4,3) past the bf16 bound (~2e-2), so bf16
+// and fp16 use F(2,3), whose matrices hold only 0, +-1 (~5e-3, direct ~3e-3). The transforms
+// compute in fp32; V and M are stored in the compute dtype, the GEMM accumulates in fp32.
+//
+// Non-finite inputs stay non-finite, but not always as the direct conv has them: a NaN reaches
+// every output of the tiles whose patches hold it (up to m pixels away, not just its 3x3
+// neighbours), and an inf becomes NaN (the transforms subtract it from itself).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "vector_clones.h"
+
+namespace resnet_fused {
+namespace {
+
+// Channels per transform step: a (m+2)^2 x kChunk fp32 patch (36 x 64 x 4 B = 9 KiB) stays in L1.
+constexpr int64_t kChunk = 64;
+
+template <typename T>
+[[gnu::always_inline]] inline float load(const T& v) {
+  return static_cast<float>(v);
+}
+
+// float -> T, rounding to nearest even. For bf16 written out bit by bit (c10's conversion has a
+// NaN branch that keeps the store loops from vectorizing); NaN stays a (quiet) NaN.
+template <typename T>
+[[gnu::always_inline]] inline T store(float v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    const uint16_t out = (v != v) ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+    return c10::BFloat16(out, c10::BFloat16::from_bits());
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+// B^T applied along one axis of a patch: the M+2 inputs s[k * ss + ch] give the M+2 outputs
+// d[i * ds + ch], for n channels. F(4,3) and F(2,3) with interpolation points 0, +-1, +-2 (and
+// infinity), the usual choice: the smallest coefficients that give exact integer transforms.
+template <int M, typename Out>
+[[gnu::always_inline]] inline void input_1d(const float* __restrict__ s, int64_t ss,
+                                            Out* __restrict__ d, int64_t ds, int64_t n) {
+  for (int64_t ch = 0; ch < n; ++ch) {
+    if constexpr (M == 4) {
+      const float s0 = s[ch], s1 = s[ss + ch], s2 = s[2 * ss + ch], s3 = s[3 * ss + ch],
+                  s4 = s[4 * ss + ch], s5 = s[5 * ss + ch];
+      d[ch] = store<Out>(4.f * s0 - 5.f * s2 + s4);
+      d[ds + ch] = store<Out>(-4.f * (s1 + s2) + s3 + s4);
+      d[2 * ds + ch] = store<Out>(4.f * (s1 - s2) - s3 + s4);
+      d[3 * ds + ch] = store<Out>(2.f * (s3 - s1) - s2 + s4);
+      d[4 * ds + ch] = store<Out>(2.f * (s1 - s3) - s2 + s4);
+      d[5 * ds + ch] = store<Out>(4.f * s1 - 5.f * s3 + s5);
+    } else {
+      const float s0 = s[ch], s1 = s[ss + ch], s2 = s[2 * ss + ch], s3 = s[3 * ss + ch];
+      d[ch] = store<Out>(s0 - s2);
+      d[ds + ch] = store<Out>(s1 + s2);
+      d[2 * ds + ch] = store<Out>(s2 - s1);
+      d[3 * ds + ch] = store<Out>(s1 - s3);
+    }
+  }
+}
+
+// A^T applied along one axis: M+2 inputs -> M outputs (same addressing as input_1d).
+template <int M>
+[[gnu::always_inline]] inline void output_1d(const float* __restrict__ s, int64_t ss,
+                                             float* __restrict__ d, int64_t ds, int64_t n) {
+  for (int64_t ch = 0; ch < n; ++ch) {
+    if constexpr (M == 4) {
+      const float s0 = s[ch], s1 = s[ss + ch], s2 = s[2 * ss + ch], s3 = s[3 * ss + ch],
+                  s4 = s[4 * ss + ch], s5 = s[5 * ss + ch];
+      const float p12 = s1 + s2, m12 = s1 - s2, p34 = s3 + s4, m34 = s3 - s4;
+      d[ch] = s0 + p12 + p34;
+      d[ds + ch] = m12 + 2.f * m34;
+      d[2 * ds + ch] = p12 + 4.f * p34;
+      d[3 * ds + ch] = m12 + 8.f * m34 + s5;
+    } else {
+      const float s0 = s[ch], s1 = s[ss + ch], s2 = s[2 * ss + ch], s3 = s[3 * ss + ch];
+      d[ch] = s0 + s1 + s2;
+      d[ds + ch] = s1 - s2 - s3;
+    }
+  }
+}
+
+struct Geometry {
+  int64_t n, h, w, c, k;   // batch, height, width (input = output), in/out channels
+  int64_t tiles_h, tiles_w, tiles;
+};
+
+// V[ij][t - t_begin][c] = (B^T d_t B)[i][j] for the tiles [t_begin, t_end), into a buffer of
+// `planes` tiles per ij: d_t is tile t's input patch, zero outside the image (the padding).
+template <int M, typename T>
+RESNET_FUSED_VECTOR_CLONES
+void input_transform(const T* __restrict__ x, T* __restrict__ v, const Geometry& g,
+                     int64_t t_begin, int64_t t_end, int64_t planes) {
+  constexpr int64_t A = M + 2;
+  alignas(64) float patch[A * A * kChunk];
+  alignas(64) float rows[A * A * kChunk];
+  const int64_t plane = planes * g.c;  // elements between consecutive V[ij]
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t b = t / (g.tiles_h * g.tiles_w);
+    const int64_t y0 = (t / g.tiles_w) % g.tiles_h * M - 1;
+    const int64_t x0 = t % g.tiles_w * M - 1;
+    const T* image = x + b * g.h * g.w * g.c;
+    for (int64_t c0 = 0; c0 < g.c; c0 += kChunk) {
+      const int64_t n = std::min(kChunk, g.c - c0);
+      for (int64_t i = 0; i < A; ++i) {
+        for (int64_t j = 0; j < A; ++j) {
+          float* dst = patch + (i * A + j) * kChunk;
+          const int64_t yy = y0 + i, xx = x0 + j;
+          if (yy < 0 || yy >= g.h || xx < 0 || xx >= g.w) {
+            std::fill(dst, dst + n, 0.f);
+          } else {
+            const T* src = image + (yy * g.w + xx) * g.c + c0;
+            for (int64_t ch = 0; ch < n; ++ch) dst[ch] = load(src[ch]);
+          }
+        }
+      }
+      // Down the columns (rows[i][j] = sum_k B^T[i][k] patch[k][j]), then along the rows,
+      // straight into the A*A planes of V.
+      for (int64_t j = 0; j < A; ++j) {
+        input_1d<M>(patch + j * kChunk, A * kChunk, rows + j * kChunk, A * kChunk, n);
+      }
+      for (int64_t i = 0; i < A; ++i) {
+        input_1d<M>(rows + i * A * kChunk, kChunk, v + i * A * plane + (t - t_begin) * g.c + c0,
+                    plane, n);
+      }
+    }
+  }
+}
+
+// y[tile t] = act(A^T m_t A + bias (+ residual)) for the tiles [t_begin, t_end), where m_t is
+// tile t's slice M[ij][t - t_begin][k] of GEMM results for `planes` tiles per ij; outputs past
+// the image's edge are dropped.
+template <int M, typename T>
+RESNET_FUSED_VECTOR_CLONES
+void output_transform(const T* __restrict__ m, const float* __restrict__ bias,
+                      const T* __restrict__ residual, T* __restrict__ y, bool relu,
+                      const Geometry& g, int64_t t_begin, int64_t t_end, int64_t planes) {
+  constexpr int64_t A = M + 2;
+  alignas(64) float tile[A * A * kChunk];
+  alignas(64) float cols[M * A * kChunk];
+  alignas(64) float out[M * M * kChunk];
+  const int64_t plane = planes * g.k;
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t b = t / (g.tiles_h * g.tiles_w);
+    const int64_t y0 = (t / g.tiles_w) % g.tiles_h * M;
+    const int64_t x0 = t % g.tiles_w * M;
+    const int64_t offset = b * g.h * g.w * g.k;
+    for (int64_t k0 = 0; k0 < g.k; k0 += kChunk) {
+      const int64_t n = std::min(kChunk, g.k - k0);
+      for (int64_t ij = 0; ij < A * A; ++ij) {
+        const T* src = m + ij * plane + (t - t_begin) * g.k + k0;
+        float* dst = tile + ij * kChunk;
+        for (int64_t ch = 0; ch < n; ++ch) dst[ch] = load(src[ch]);
+      }
+      for (int64_t j = 0; j < A; ++j) {
+        output_1d<M>(tile + j * kChunk, A * kChunk, cols + j * kChunk, A * kChunk, n);
+      }
+      for (int64_t i = 0; i < M; ++i) {
+        output_1d<M>(cols + i * A * kChunk, kChunk, out + i * M * kChunk, kChunk, n);
+      }
+      for (int64_t i = 0; i < M && y0 + i < g.h; ++i) {
+        for (int64_t j = 0; j < M && x0 + j < g.w; ++j) {
+          const int64_t at = offset + ((y0 + i) * g.w + x0 + j) * g.k + k0;
+          const float* o = out + (i * M + j) * kChunk;
+          T* dst = y + at;
+          if (residual != nullptr) {
+            const T* r = residual + at;
+            if (relu) {
+              for (int64_t ch = 0; ch < n; ++ch) {
+                const float s = o[ch] + bias[k0 + ch] + load(r[ch]);
+                dst[ch] = store<T>(s > 0.f ? s : (s != s ? s : 0.f));
+              }
+            } else {
+              for (int64_t ch = 0; ch < n; ++ch) {
+                dst[ch] = store<T>(o[ch] + bias[k0 + ch] + load(r[ch]));
+              }
+            }
+          } else if (relu) {
+            for (int64_t ch = 0; ch < n; ++ch) {
+              const float s = o[ch] + bias[k0 + ch];
+              dst[ch] = store<T>(s > 0.f ? s : (s != s ? s : 0.f));
+            }
+          } else {
+            for (int64_t ch = 0; ch < n; ++ch) dst[ch] = store<T>(o[ch] + bias[k0 + ch]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Tiles per parallel transform task when one GEMM covers every tile: enough work per task to
+// amortize the scheduling, enough tasks for every thread at batch 1 of a 14x14 layer.
+constexpr int64_t kTilesPerTask = 4;
+// Bytes of V (or M) per block of tiles when the tiles are split into blocks: small enough that a
+// block's V, M and the filter U stay in the caches between the three steps, large enough that
+// the block's GEMMs run at full speed. Unblocked, a 56x56 layer at batch 8 writes and reads
+// 14 MiB twice, fresh pages included.
+constexpr int64_t kBlockBytes = 512 * 1024;
+// Blocks only pay when every block's GEMM can re-read U from cache, and only in float32: ATen's
+// bf16/fp16 GEMM (oneDNN) packs U again on every call, which costs more than the blocks save.
+// Measured on the 2-core AVX-512 VM, ResNet-50's layers at batch 1 and 8: blocked F(4,3) ran
+// 1.7-1.9x oneDNN's direct conv at C = 64 and 128 (U: 0.6 and 2.4 MiB), against 1.4-1.6x
+// unblocked; at C = 256 (U: 9.4 MiB) blocked fell to 1.0x, unblocked stayed 1.2-1.3x.
+constexpr int64_t kMaxBlockedFilterBytes = 4 * 1024 * 1024;
+
+template <int M, typename T>
+at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+               const at::Tensor* residual, bool relu, const Geometry& g) {
+  constexpr int64_t A = M + 2;
+  const auto opts = x.options();
+  at::Tensor y = at::empty({g.n, g.k, g.h, g.w}, opts.memory_format(at::MemoryFormat::ChannelsLast));
+  const T* xs = x.const_data_ptr<T>();
+  const T* r = residual != nullptr ? residual->const_data_ptr<T>() : nullptr;
+  const float* b = bias.const_data_ptr<float>();
+  T* ys = y.mutable_data_ptr<T>();
+  const int64_t row_bytes = A * A * std::max(g.c, g.k) * static_cast<int64_t>(sizeof(T));
+  const int64_t block = std::max<int64_t>(1, kBlockBytes / row_bytes);
+  const int64_t blocks = (g.tiles + block - 1) / block;
+  const int64_t u_bytes = u.numel() * static_cast<int64_t>(sizeof(T));
+  if (std::is_same_v<T, float> && u_bytes <= kMaxBlockedFilterBytes &&
+      blocks >= 2 * at::get_num_threads()) {
+    // Each task runs whole blocks, transform -> GEMM -> transform, on its own buffers. ATen runs
+    // the GEMM single-threaded inside a parallel region: the threads split the blocks instead.
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      at::Tensor v = at::empty({A * A, block, g.c}, opts);
+      at::Tensor m = at::empty({A * A, block, g.k}, opts);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t t0 = i * block, t1 = std::min(g.tiles, t0 + block), tb = t1 - t0;
+        const bool full = tb == block;  // else the last, partial block: buffers of its size
+        at::Tensor vb = full ? v : at::empty({A * A, tb, g.c}, opts);
+        at::Tensor mb = full ? m : at::empty({A * A, tb, g.k}, opts);
+        input_transform<M, T>(xs, vb.mutable_data_ptr<T>(), g, t0, t1, tb);
+        at::bmm_out(mb, vb, u);
+        output_transform<M, T>(mb.const_data_ptr<T>(), b, r, ys, relu, g, t0, t1, tb);
+      }
+    });
+    return y;
+  }
+  // Few tiles: one GEMM over all of them (threaded inside), transforms split by tiles.
+  at::Tensor v = at::empty({A * A, g.tiles, g.c}, opts);
+  at::parallel_for(0, g.tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
+    input_transform<M, T>(xs, v.mutable_data_ptr<T>() + begin * g.c, g, begin, end, g.tiles);
+  });
+  const at::Tensor m = at::bmm(v, u);  // (A*A, tiles, K)
+  v.reset();
+  at::parallel_for(0, g.tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
+    output_transform<M, T>(m.const_data_ptr<T>() + begin * g.k, b, r, ys, relu, g, begin, end,
+                           g.tiles);
+  });
+  return y;
+}
+
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                const at::Tensor& bias, const std::optional<at::Tensor>& residual,
+                                bool relu) {
+  constexpr const char* op = "winograd_conv3x3";
+  TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(),
+              "-D with sizes ", input.sizes());
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16 ||
+                  input.scalar_type() == at::kHalf,
+              op, ": input must be float32, bfloat16 or float16, got ", input.scalar_type());
+  TORCH_CHECK(input.device().is_cpu(), op, " (cpu): input must be a CPU tensor");
+  TORCH_CHECK(weight.dim() == 3 && (weight.size(0) == 36 || weight.size(0) == 16), op,
+              ": weight must be a transformed filter of shape (36, C_in, C_out) for F(4,3) or "
+              "(16, C_in, C_out) for F(2,3), got sizes ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type() && weight.device().is_cpu(), op,
+              ": weight must be a CPU tensor of input's dtype (", input.scalar_type(), "), got ",
+              weight.scalar_type(), " on ", weight.device());
+  TORCH_CHECK(weight.size(1) == input.size(1), op, ": weight has ", weight.size(1),
+              " input channels (dim 1), input has ", input.size(1));
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == k && bias.scalar_type() == at::kFloat &&
+                  bias.device().is_cpu(),
+              op, ": bias must be a float32 CPU tensor of shape (", k, "), got ",
+              bias.scalar_type(), " with sizes ", bias.sizes(), " on ", bias.device());
+  const int64_t m = weight.size(0) == 36 ? 4 : 2;
+  TORCH_CHECK(m == 2 || input.scalar_type() == at::kFloat, op,
+              ": F(4,3) (a 36-plane weight) is for float32 only; ", input.scalar_type(),
+              " needs F(2,3), whose error bound it meets");
+  Geometry g{input.size(0), input.size(2), input.size(3), input.size(1), k, 0, 0, 0};
+  g.tiles_h = (g.h + m - 1) / m;
+  g.tiles_w = (g.w + m - 1) / m;
+  g.tiles = g.n * g.tiles_h * g.tiles_w;
+  const at::Tensor* res = nullptr;
+  at::Tensor res_cl;
+  if (residual.has_value()) {
+    const at::Tensor& r = *residual;
+    TORCH_CHECK(r.sizes() == at::IntArrayRef({g.n, k, g.h, g.w}), op,
+                ": residual must have the output's sizes [", g.n, ", ", k, ", ", g.h, ", ", g.w,
+                "], got ", r.sizes());
+    TORCH_CHECK(r.scalar_type() == input.scalar_type() && r.device().is_cpu(), op,
+                ": residual must be a CPU tensor of input's dtype (", input.scalar_type(),
+                "), got ", r.scalar_type(), " on ", r.device());
+    res_cl = r.contiguous(at::MemoryFormat::ChannelsLast);
+    res = &res_cl;
+  }
+  if (g.n == 0 || g.h == 0 || g.w == 0 || k == 0) {
+    return at::empty({g.n, k, g.h, g.w},
+                     input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  }
+  if (g.c == 0) {  // no input channels: the convolution is 0, the result the epilogue of bias
+    at::Tensor y = bias.view({1, k, 1, 1}).expand({g.n, k, g.h, g.w});
+    if (res != nullptr) y = y + res->to(at::kFloat);
+    if (relu) y = y.relu();
+    return y.to(input.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor u = weight.contiguous();
+  const at::Tensor b = bias.contiguous();
+  const auto go = [&](auto zero) {
+    using T = decltype(zero);
+    return m == 4 ? run<4, T>(x, u, b, res, relu, g) : run<2, T>(x, u, b, res, relu, g);
+  };
+  switch (x.scalar_type()) {
+    case at::kBFloat16: return go(c10::BFloat16());
+    case at::kHalf: return go(c10::Half());
+    default: return go(float());
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(resnet_fused, CPU, m) {
+  m.impl("winograd_conv3x3", &winograd_conv3x3_cpu);
+}
+
+}  // namespace resnet_fused

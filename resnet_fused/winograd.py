@@ -1,0 +1,138 @@
+"""Winograd 3x3 convolutions for the CPU fast path: the filter transform, the op's fake, the choice.
+
+ResNet's stride-1, padding-1 3x3 convolutions are half its FLOPs. Computed as Winograd F(m, 3)
+(``resnet_fused::winograd_conv3x3``, csrc/cpu/winograd_cpu.cpp) they need 9 m^2 / (m+2)^2 of the
+multiplications: F(4,3) in float32 (1/4), F(2,3) in bfloat16/float16 (4/9), where F(4,3)'s larger
+transform coefficients would take the error past the bf16 bound. The op takes the filter already
+transformed, ``U[ij] = (G g G^T)[ij]`` as an ((m+2)^2, C_in, C_out) tensor, built here once per
+fused conv, with BatchNorm's scale folded in and both steps computed in float64 before the one
+rounding to the compute dtype.
+
+Whether Winograd is faster than oneDNN's direct convolution depends on the shape: with few tiles
+(a 7x7 layer at batch 1) its GEMMs are starved while its filter, (m+2)^2 / 9 times the direct
+one's bytes, must still be read whole. :func:`policy` says how the CPU fast path chooses,
+``RESNET_FUSED_WINOGRAD`` =
+
+* ``auto`` (default): :func:`by_rule`, a fixed rule on the shape, so every process and every
+  copy of a model computes with the same algorithms, bit for bit;
+* ``measure``: time both on the layer's first input of each shape and keep the faster (adapts to
+  the machine; two processes may then choose differently, within the same bounds);
+* ``always`` or ``never``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "faster", "policy", "tile_size",
+           "tiles", "transform_filter", "worthwhile"]
+
+POLICIES = ("auto", "measure", "always", "never")
+
+# ``auto`` runs Winograd when each of its GEMMs has at least this many rows (tiles). Measured on
+# ResNet-50 inside the model (2-core AVX-512 VM, filters cold in cache as they are in a forward
+# pass; benchmarks/results/cpu/2026-11-24-cpu-winograd*): Winograd lost where a GEMM had 4 tiles
+# (fp32, 7x7 at batch 1: 2.3 vs 1.1 ms) or 16 (bf16, same layer: 0.86 vs 0.55 ms), and won from
+# 32 tiles up (fp32 7x7 at batch 8: 5.5 vs 7.1 ms), by 1.2-2x on the larger layers.
+MIN_TILES = 32
+
+# G for F(4,3) and F(2,3), interpolation points 0, +-1, +-2 (and infinity); the input and output
+# transforms B^T and A^T that match these are written out in csrc/cpu/winograd_cpu.cpp.
+_G = {
+    4: ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+        (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+    2: ((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1)),
+}
+
+
+def policy() -> str:
+    """``RESNET_FUSED_WINOGRAD``: ``auto`` (default), ``measure``, ``always`` or ``never``."""
+    value = os.environ.get("RESNET_FUSED_WINOGRAD", "auto").strip().lower() or "auto"
+    if value not in POLICIES:
+        raise ValueError(f"RESNET_FUSED_WINOGRAD must be one of {POLICIES}, got {value!r}")
+    return value
+
+
+def tile_size(dtype: torch.dtype) -> int:
+    """Output tile edge m of F(m, 3) for this compute dtype: 4 for float32, 2 otherwise."""
+    return 4 if dtype == torch.float32 else 2
+
+
+def eligible(kernel: tuple[int, int], stride, padding, dtype: torch.dtype) -> bool:
+    """True for the convolutions the Winograd op computes: 3x3, stride 1, padding 1."""
+    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)
+            and dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
+def tiles(batch: int, height: int, width: int, dtype: torch.dtype) -> int:
+    """Output tiles of F(m, 3) for this input: the rows of each of the op's GEMMs."""
+    m = tile_size(dtype)
+    return batch * -(-height // m) * -(-width // m)
+
+
+def by_rule(batch: int, height: int, width: int, dtype: torch.dtype) -> bool:
+    """``auto``'s choice for an eligible conv: Winograd from :data:`MIN_TILES` tiles up."""
+    return tiles(batch, height, width, dtype) >= MIN_TILES
+
+
+def worthwhile(height: int, width: int, dtype: torch.dtype) -> bool:
+    """False for images smaller than one output tile: there is nothing to save, and with most of
+    a tile in the padding the transforms' rounding no longer averages out (bf16 on a 1x1 image
+    came within 10% of the per-op bound in the tests; ResNet's layers sit at a third of it)."""
+    m = tile_size(dtype)
+    return height >= m and width >= m
+
+
+def transform_filter(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """``G (weight * scale) G^T`` per (C_out, C_in) pair as ((m+2)^2, C_in, C_out) in ``dtype``.
+
+    ``weight``: (C_out, C_in, 3, 3); ``scale``: (C_out,) BatchNorm scale. Computed in float64,
+    rounded once.
+    """
+    g = torch.tensor(_G[tile_size(dtype)], dtype=torch.float64, device=weight.device)
+    folded = weight.double() * scale.double().view(-1, 1, 1, 1)
+    u = torch.einsum("ij,kcjl,ml->imck", g, folded, g)  # (m+2, m+2, C_in, C_out)
+    return u.reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
+
+
+# Bytes written between timed calls to push the filters out of every cache level (twice the
+# largest last-level cache of the CPUs this was measured on, 32 MiB).
+_EVICT_BYTES = 64 << 20
+
+
+def faster(winograd: Callable[[], Tensor], direct: Callable[[], Tensor], x: Tensor,
+           rounds: int = 3) -> bool:
+    """True if ``winograd()`` took less time than ``direct()``: best of ``rounds`` runs each,
+    interleaved, after one untimed run of each (first calls allocate and fault in memory).
+
+    Each timed run starts as a layer inside a network does: its filter no longer in any cache
+    (the other layers' weights went through since), its input ``x`` in cache (just written).
+    Timed back to back instead, the filters stay cached and Winograd's, up to 4x the direct
+    filter's bytes, looks free: at batch 1 that picked Winograd for 14x14 layers it slowed down.
+    """
+    evict = torch.empty(_EVICT_BYTES, dtype=torch.uint8)
+    best = {winograd: math.inf, direct: math.inf}
+    for fn in best:
+        fn()
+    for i in range(rounds):
+        for fn in best:
+            evict.fill_(i)
+            x.sum()
+            start = time.perf_counter()
+            fn()
+            best[fn] = min(best[fn], time.perf_counter() - start)
+    return best[winograd] < best[direct]
+
+
+@torch.library.register_fake("resnet_fused::winograd_conv3x3")
+def _winograd_conv3x3_fake(input, weight, bias, residual, relu):
+    torch._check(input.dim() == 4 and weight.dim() == 3, lambda: "winograd_conv3x3: bad ranks")
+    n, _, h, w = input.shape
+    return torch.empty((n, weight.shape[2], h, w), dtype=input.dtype, device=input.device,
+                       memory_format=torch.channels_last)
