@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Winograd against oneDNN's direct conv for each stride-1 3x3 conv of a fused ResNet-50 (CPU).
+
+    python benchmarks/cpu_winograd.py --batch 1 8 --dtype float32 bfloat16 --json out.json
+
+Times the convs where they run, inside the model's forward pass: a layer's filter then comes cold
+from memory, as it does in real use (a layer timed alone, back to back, keeps its filter in
+cache, which flatters Winograd's larger one). Two fused copies of the same random network (with
+non-trivial BatchNorm statistics) are built, one with ``RESNET_FUSED_WINOGRAD=never`` and one
+with ``always``, checked against the float64 (fp32) or fp32 (bf16) model, and then called in
+alternating order, one forward each per round; every stride-1 3x3 conv's call is timed. Prints,
+per layer, the median time of each algorithm, their ratio and the choice of ``auto``'s rule, and
+each model's median forward time. ``--json`` also writes every round's times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+# The checkout's resnet_fused (this file's repository), not whichever one is installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ALGORITHMS = {"never": "direct", "always": "winograd"}
+
+
+def _timed_layers(fused, times: dict, shapes: dict) -> None:
+    """Wraps the forward of every stride-1 3x3 conv of ``fused`` to append its time to ``times``
+    and note its input's shape in ``shapes``."""
+    from resnet_fused.fused import FusedConvBNAct
+
+    for name, module in fused.named_modules():
+        if (isinstance(module, FusedConvBNAct) and module.weight.shape[2:] == (3, 3)
+                and module.stride == (1, 1)):
+            forward = module.forward
+
+            def timed(*args, _forward=forward, _name=name, **kwargs):
+                shapes[_name] = tuple(args[0].shape)
+                start = time.perf_counter()
+                out = _forward(*args, **kwargs)
+                times[_name].append(time.perf_counter() - start)
+                return out
+
+            module.forward = timed
+
+
+def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
+    import resnet_fused
+    from resnet_fused import winograd
+    from resnet_fused.testing import randomize_batchnorm_, relative_error, tolerance
+
+    generator = torch.Generator().manual_seed(batch)
+    model = randomize_batchnorm_(resnet_fused.resnet50(), generator).eval()
+    x = torch.randn(batch, 3, size, size, generator=generator)
+    with torch.no_grad():
+        ref = (model.double()(x.double()) if dtype == torch.float32 else model(x))
+        model.float()
+    fused, layer_times, model_times, inputs = {}, {}, {}, {}
+    previous = os.environ.get("RESNET_FUSED_WINOGRAD")
+    try:
+        for policy in ALGORITHMS:
+            os.environ["RESNET_FUSED_WINOGRAD"] = policy  # read on each shape's first call
+            f = resnet_fused.fuse(model, backend="cpu", dtype=dtype)
+            with torch.inference_mode():
+                err = relative_error(f(x).float(), ref)
+            bound = tolerance(dtype, "model")
+            if not err <= bound:
+                raise SystemExit(f"{policy}: relative error {err:.3g} > {bound:g}")
+            fused[policy] = f
+            layer_times[policy] = collections.defaultdict(list)
+            model_times[policy] = []
+            _timed_layers(f, layer_times[policy], inputs)
+    finally:
+        if previous is None:
+            os.environ.pop("RESNET_FUSED_WINOGRAD", None)
+        else:
+            os.environ["RESNET_FUSED_WINOGRAD"] = previous
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up, untimed
+            for f in fused.values():
+                f(x)
+        for times in layer_times.values():
+            times.clear()
+        for r in range(rounds):
+            order = list(fused) if r % 2 == 0 else list(fused)[::-1]
+            for policy in order:
+                start = time.perf_counter()
+                fused[policy](x)
+                model_times[policy].append(time.perf_counter() - start)
+    layers = []
+    for name, module in fused["always"].named_modules():
+        if name not in layer_times["always"]:
+            continue
+        n, c, h, w = inputs[name]
+        direct, wino = layer_times["never"][name], layer_times["always"][name]
+        # Under "always", images smaller than one tile still run direct (winograd.worthwhile).
+        ran = module._onednn.algorithms.get((n, h, w), "direct")
+        auto = winograd.worthwhile(h, w, dtype) and winograd.by_rule(n, h, w, dtype)
+        layers.append({"layer": name, "c": c, "k": module.out_channels, "n": n, "h": h, "w": w,
+                       "tiles": winograd.tiles(n, h, w, dtype), "always_ran": ran,
+                       "auto": "winograd" if auto else "direct",
+                       "direct_s": direct, "winograd_s": wino,
+                       "direct_median_s": statistics.median(direct),
+                       "winograd_median_s": statistics.median(wino)})
+    return {"batch": batch, "dtype": str(dtype).removeprefix("torch."), "size": size,
+            "threads": torch.get_num_threads(), "rounds": rounds, "layers": layers,
+            "model_s": {ALGORITHMS[p]: t for p, t in model_times.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--json", default=None, help="also write every round's times here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if any(b < 1 for b in args.batch):
+        parser.error(f"--batch values must be >= 1, got {args.batch}")
+
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}; "
+          f"{platform.processor() or platform.machine()}; torch {torch.__version__}; "
+          f"{torch.get_num_threads()} threads; {args.rounds} rounds; input {args.size}x{args.size}")
+    cases = []
+    for dtype_name in args.dtype:
+        for batch in args.batch:
+            case = run_case(batch, getattr(torch, dtype_name), args.rounds, args.size)
+            cases.append(case)
+            print(f"\n## batch {batch}, {dtype_name}: model median "
+                  f"{statistics.median(case['model_s']['direct']) * 1e3:.1f} ms direct, "
+                  f"{statistics.median(case['model_s']['winograd']) * 1e3:.1f} ms Winograd "
+                  "(every eligible conv)")
+            print(f"{'layer':<22} {'C->K':>9} {'HxW':>7} {'tiles':>5} {'direct ms':>9} "
+                  f"{'wino ms':>8} {'wino/direct':>11}  auto")
+            for layer in case["layers"]:
+                d, w = layer["direct_median_s"] * 1e3, layer["winograd_median_s"] * 1e3
+                print(f"{layer['layer']:<22} {layer['c']:>4}->{layer['k']:<4} "
+                      f"{layer['h']:>3}x{layer['w']:<3} {layer['tiles']:>5} {d:>9.3f} {w:>8.3f} "
+                      f"{w / d:>11.2f}  {layer['auto']}"
+                      f"{'' if layer['always_ran'] == 'winograd' else ' (smaller than a tile)'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(sys.argv), "torch": torch.__version__,
+                       "cpu": platform.processor() or platform.machine(), "cases": cases}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
