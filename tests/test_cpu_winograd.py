@@ -220,7 +220,8 @@ def test_blocked_and_unblocked_paths(name, generator):
         assert all(len(s) == 3 and s[0][0] == a2 and s[0][1] in (block, tiles % block)
                    for s in shapes), shapes
     else:
-        assert shapes == [[[a2, tiles, c], [a2, c, k]]], shapes
+        # one bmm_out over all tiles, into the kept M buffer
+        assert shapes == [[[a2, tiles, c], [a2, c, k], [a2, tiles, k]]], shapes
     assert_close(y, ref, dtype)
     if blocked:
         # The last, partial block's pixels on their own: an error there would be diluted in the
@@ -233,6 +234,31 @@ def test_blocked_and_unblocked_paths(name, generator):
         assert last.any() and not last.all()
         pick = last.unsqueeze(1).expand_as(y)
         assert_close(y[pick], ref[pick], dtype, what="partial last block: ")
+
+
+def test_kept_buffers_across_calls(generator):
+    """V and M live in per-thread buffers reused from call to call (grown on demand): calls of
+    growing, shrinking and mixed shapes and dtypes stay right, and an earlier call's output is
+    not touched by later calls."""
+    outputs = []
+    for n, c, k, hw, dtype in [(1, 8, 16, 6, torch.float32), (2, 64, 64, 40, torch.float32),
+                               (1, 8, 16, 6, torch.bfloat16), (3, 70, 20, 17, torch.float32),
+                               (2, 64, 64, 40, torch.bfloat16), (1, 8, 16, 6, torch.float32)]:
+        x, weight, scale, shift, _ = make_args(generator, n, c, k, hw, hw, dtype, False)
+        y = OP(x, winograd.transform_filter(weight, scale, dtype), shift, None, True)
+        assert_close(y, reference(x, weight, scale, shift, None, True), dtype)
+        outputs.append((y, y.clone()))
+    for y, copy_right_after in outputs:
+        assert torch.equal(y, copy_right_after)
+
+
+def test_request_larger_than_the_kept_buffers(generator):
+    """A V of more than 64 MiB (kMaxKeptBytes) is allocated for the call instead of kept."""
+    n, c, k, hw = 4, 160, 24, 128  # bf16 F(2,3): 16 x 16384 tiles x 160 x 2 B = 80 MiB
+    x, weight, scale, shift, _ = make_args(generator, n, c, k, hw, hw, torch.bfloat16, False)
+    assert 16 * winograd.tiles(n, hw, hw, torch.bfloat16) * c * 2 > 64 << 20
+    y = OP(x, winograd.transform_filter(weight, scale, torch.bfloat16), shift, None, True)
+    assert_close(y, reference(x, weight, scale, shift, None, True), torch.bfloat16)
 
 
 # --- NaN and inf -----------------------------------------------------------------------------
