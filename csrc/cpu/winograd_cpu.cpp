@@ -12,6 +12,8 @@
 //
 // This file holds the two transforms, each one pass over NHWC memory with the channels innermost
 // (the loops vectorize), and the op that chains input transform -> at::bmm -> output transform.
+// F(2,3) transforms each channel's whole tile in registers; F(4,3), whose 36 values per channel
+// would spill, goes through small L1 buffers in stages.
 // The filter transform U = G g G^T happens once, in Python, when a model is fused
 // (resnet_fused/winograd.py), with BatchNorm's scale folded in fp64 first.
 //
@@ -61,50 +63,39 @@ template <typename T>
   }
 }
 
-// B^T applied along one axis of a patch: the M+2 inputs s[k * ss + ch] give the M+2 outputs
-// d[i * ds + ch], for n channels. F(4,3) and F(2,3) with interpolation points 0, +-1, +-2 (and
-// infinity), the usual choice: the smallest coefficients that give exact integer transforms.
-template <int M, typename Out>
-[[gnu::always_inline]] inline void input_1d(const float* __restrict__ s, int64_t ss,
-                                            Out* __restrict__ d, int64_t ds, int64_t n) {
-  for (int64_t ch = 0; ch < n; ++ch) {
-    if constexpr (M == 4) {
-      const float s0 = s[ch], s1 = s[ss + ch], s2 = s[2 * ss + ch], s3 = s[3 * ss + ch],
-                  s4 = s[4 * ss + ch], s5 = s[5 * ss + ch];
-      d[ch] = store<Out>(4.f * s0 - 5.f * s2 + s4);
-      d[ds + ch] = store<Out>(-4.f * (s1 + s2) + s3 + s4);
-      d[2 * ds + ch] = store<Out>(4.f * (s1 - s2) - s3 + s4);
-      d[3 * ds + ch] = store<Out>(2.f * (s3 - s1) - s2 + s4);
-      d[4 * ds + ch] = store<Out>(2.f * (s1 - s3) - s2 + s4);
-      d[5 * ds + ch] = store<Out>(4.f * s1 - 5.f * s3 + s5);
-    } else {
-      const float s0 = s[ch], s1 = s[ss + ch], s2 = s[2 * ss + ch], s3 = s[3 * ss + ch];
-      d[ch] = store<Out>(s0 - s2);
-      d[ds + ch] = store<Out>(s1 + s2);
-      d[2 * ds + ch] = store<Out>(s2 - s1);
-      d[3 * ds + ch] = store<Out>(s1 - s3);
-    }
+// B^T applied along one axis: the M+2 values s[k * S] give the M+2 values d[i * D]. F(4,3) and
+// F(2,3) with interpolation points 0, +-1, +-2 (and infinity), the usual choice: the smallest
+// coefficients that give exact integer transforms.
+template <int M, int S, int D>
+[[gnu::always_inline]] inline void input_1d(const float* s, float* d) {
+  if constexpr (M == 4) {
+    d[0] = 4.f * s[0] - 5.f * s[2 * S] + s[4 * S];
+    d[D] = -4.f * (s[S] + s[2 * S]) + s[3 * S] + s[4 * S];
+    d[2 * D] = 4.f * (s[S] - s[2 * S]) - s[3 * S] + s[4 * S];
+    d[3 * D] = 2.f * (s[3 * S] - s[S]) - s[2 * S] + s[4 * S];
+    d[4 * D] = 2.f * (s[S] - s[3 * S]) - s[2 * S] + s[4 * S];
+    d[5 * D] = 4.f * s[S] - 5.f * s[3 * S] + s[5 * S];
+  } else {
+    d[0] = s[0] - s[2 * S];
+    d[D] = s[S] + s[2 * S];
+    d[2 * D] = s[2 * S] - s[S];
+    d[3 * D] = s[S] - s[3 * S];
   }
 }
 
-// A^T applied along one axis: M+2 inputs -> M outputs (same addressing as input_1d).
-template <int M>
-[[gnu::always_inline]] inline void output_1d(const float* __restrict__ s, int64_t ss,
-                                             float* __restrict__ d, int64_t ds, int64_t n) {
-  for (int64_t ch = 0; ch < n; ++ch) {
-    if constexpr (M == 4) {
-      const float s0 = s[ch], s1 = s[ss + ch], s2 = s[2 * ss + ch], s3 = s[3 * ss + ch],
-                  s4 = s[4 * ss + ch], s5 = s[5 * ss + ch];
-      const float p12 = s1 + s2, m12 = s1 - s2, p34 = s3 + s4, m34 = s3 - s4;
-      d[ch] = s0 + p12 + p34;
-      d[ds + ch] = m12 + 2.f * m34;
-      d[2 * ds + ch] = p12 + 4.f * p34;
-      d[3 * ds + ch] = m12 + 8.f * m34 + s5;
-    } else {
-      const float s0 = s[ch], s1 = s[ss + ch], s2 = s[2 * ss + ch], s3 = s[3 * ss + ch];
-      d[ch] = s0 + s1 + s2;
-      d[ds + ch] = s1 - s2 - s3;
-    }
+// A^T applied along one axis: M+2 values -> M values (same addressing as input_1d).
+template <int M, int S, int D>
+[[gnu::always_inline]] inline void output_1d(const float* s, float* d) {
+  if constexpr (M == 4) {
+    const float p12 = s[S] + s[2 * S], m12 = s[S] - s[2 * S];
+    const float p34 = s[3 * S] + s[4 * S], m34 = s[3 * S] - s[4 * S];
+    d[0] = s[0] + p12 + p34;
+    d[D] = m12 + 2.f * m34;
+    d[2 * D] = p12 + 4.f * p34;
+    d[3 * D] = m12 + 8.f * m34 + s[5 * S];
+  } else {
+    d[0] = s[0] + s[S] + s[2 * S];
+    d[D] = s[S] - s[2 * S] - s[3 * S];
   }
 }
 
@@ -113,11 +104,42 @@ struct Geometry {
   int64_t tiles_h, tiles_w, tiles;
 };
 
-// V[ij][t - t_begin][c] = (B^T d_t B)[i][j] for the tiles [t_begin, t_end), into a buffer of
-// `planes` tiles per ij: d_t is tile t's input patch, zero outside the image (the padding).
+// Zeros to read in place of the padding, and a sink for outputs past the image's edge: the
+// per-channel loops then run without branches (and vectorize), whatever the tile's position.
+alignas(64) constexpr float kZeros[kChunk] = {};
+
+// input_1d/output_1d as steps of the staged transforms: over n channels, the values
+// s[k * ss + ch] -> d[i * ds + ch].
+template <int M, typename Out>
+[[gnu::always_inline]] inline void input_1d_staged(const float* __restrict__ s, int64_t ss,
+                                                   Out* __restrict__ d, int64_t ds, int64_t n) {
+  constexpr int A = M + 2;
+  for (int64_t ch = 0; ch < n; ++ch) {
+    float in[A], out[A];
+    for (int k = 0; k < A; ++k) in[k] = s[k * ss + ch];
+    input_1d<M, 1, 1>(in, out);
+    for (int i = 0; i < A; ++i) d[i * ds + ch] = store<Out>(out[i]);
+  }
+}
+
+template <int M>
+[[gnu::always_inline]] inline void output_1d_staged(const float* __restrict__ s, int64_t ss,
+                                                    float* __restrict__ d, int64_t ds, int64_t n) {
+  constexpr int A = M + 2;
+  for (int64_t ch = 0; ch < n; ++ch) {
+    float in[A], out[M];
+    for (int k = 0; k < A; ++k) in[k] = s[k * ss + ch];
+    output_1d<M, 1, 1>(in, out);
+    for (int i = 0; i < M; ++i) d[i * ds + ch] = out[i];
+  }
+}
+
+// input_transform in stages through L1 buffers (gather, columns, rows), each a loop over the
+// channels. F(4,3) uses this form: in registers its 36 loads and 36 stores per channel spill and
+// do not vectorize (measured 3x slower); F(2,3)'s 16 + 16 fit.
 template <int M, typename T>
 RESNET_FUSED_VECTOR_CLONES
-void input_transform(const T* __restrict__ x, T* __restrict__ v, const Geometry& g,
+void input_transform_staged(const T* __restrict__ x, T* __restrict__ v, const Geometry& g,
                      int64_t t_begin, int64_t t_end, int64_t planes) {
   constexpr int64_t A = M + 2;
   alignas(64) float patch[A * A * kChunk];
@@ -145,22 +167,20 @@ void input_transform(const T* __restrict__ x, T* __restrict__ v, const Geometry&
       // Down the columns (rows[i][j] = sum_k B^T[i][k] patch[k][j]), then along the rows,
       // straight into the A*A planes of V.
       for (int64_t j = 0; j < A; ++j) {
-        input_1d<M>(patch + j * kChunk, A * kChunk, rows + j * kChunk, A * kChunk, n);
+        input_1d_staged<M>(patch + j * kChunk, A * kChunk, rows + j * kChunk, A * kChunk, n);
       }
       for (int64_t i = 0; i < A; ++i) {
-        input_1d<M>(rows + i * A * kChunk, kChunk, v + i * A * plane + (t - t_begin) * g.c + c0,
+        input_1d_staged<M>(rows + i * A * kChunk, kChunk, v + i * A * plane + (t - t_begin) * g.c + c0,
                     plane, n);
       }
     }
   }
 }
 
-// y[tile t] = act(A^T m_t A + bias (+ residual)) for the tiles [t_begin, t_end), where m_t is
-// tile t's slice M[ij][t - t_begin][k] of GEMM results for `planes` tiles per ij; outputs past
-// the image's edge are dropped.
+// output_transform in stages through L1 buffers, for F(4,3) (see input_transform_staged).
 template <int M, typename T>
 RESNET_FUSED_VECTOR_CLONES
-void output_transform(const T* __restrict__ m, const float* __restrict__ bias,
+void output_transform_staged(const T* __restrict__ m, const float* __restrict__ bias,
                       const T* __restrict__ residual, T* __restrict__ y, bool relu,
                       const Geometry& g, int64_t t_begin, int64_t t_end, int64_t planes) {
   constexpr int64_t A = M + 2;
@@ -181,10 +201,10 @@ void output_transform(const T* __restrict__ m, const float* __restrict__ bias,
         for (int64_t ch = 0; ch < n; ++ch) dst[ch] = load(src[ch]);
       }
       for (int64_t j = 0; j < A; ++j) {
-        output_1d<M>(tile + j * kChunk, A * kChunk, cols + j * kChunk, A * kChunk, n);
+        output_1d_staged<M>(tile + j * kChunk, A * kChunk, cols + j * kChunk, A * kChunk, n);
       }
       for (int64_t i = 0; i < M; ++i) {
-        output_1d<M>(cols + i * A * kChunk, kChunk, out + i * M * kChunk, kChunk, n);
+        output_1d_staged<M>(cols + i * A * kChunk, kChunk, out + i * M * kChunk, kChunk, n);
       }
       for (int64_t i = 0; i < M && y0 + i < g.h; ++i) {
         for (int64_t j = 0; j < M && x0 + j < g.w; ++j) {
@@ -214,6 +234,125 @@ void output_transform(const T* __restrict__ m, const float* __restrict__ bias,
         }
       }
     }
+  }
+}
+
+// V[ij][t - t_begin][c] = (B^T d_t B)[i][j] for the tiles [t_begin, t_end), into a buffer of
+// `planes` tiles per ij: d_t is tile t's input patch, zero outside the image (the padding).
+// Per channel the whole patch is loaded, transformed both ways and stored from registers.
+template <int M, typename T>
+RESNET_FUSED_VECTOR_CLONES
+void input_transform_registers(const T* __restrict__ x, T* __restrict__ v, const Geometry& g,
+                               int64_t t_begin, int64_t t_end, int64_t planes) {
+  constexpr int A = M + 2;
+  const int64_t plane = planes * g.c;  // elements between consecutive V[ij]
+  const T* zeros = reinterpret_cast<const T*>(kZeros);  // all-zero bits: 0 in every float type
+  const T* src[A * A];
+  T* dst[A * A];
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t b = t / (g.tiles_h * g.tiles_w);
+    const int64_t y0 = (t / g.tiles_w) % g.tiles_h * M - 1;
+    const int64_t x0 = t % g.tiles_w * M - 1;
+    const T* image = x + b * g.h * g.w * g.c;
+    for (int64_t c0 = 0; c0 < g.c; c0 += kChunk) {
+      const int64_t n = std::min(kChunk, g.c - c0);
+      for (int i = 0; i < A; ++i) {
+        for (int j = 0; j < A; ++j) {
+          const int64_t yy = y0 + i, xx = x0 + j;
+          const bool inside = yy >= 0 && yy < g.h && xx >= 0 && xx < g.w;
+          src[i * A + j] = inside ? image + (yy * g.w + xx) * g.c + c0 : zeros;
+          dst[i * A + j] = v + (i * A + j) * plane + (t - t_begin) * g.c + c0;
+        }
+      }
+#pragma GCC ivdep
+      for (int64_t ch = 0; ch < n; ++ch) {
+        float d[A * A], r[A * A], o[A * A];
+        for (int k = 0; k < A * A; ++k) d[k] = load(src[k][ch]);
+        for (int j = 0; j < A; ++j) input_1d<M, A, A>(d + j, r + j);      // down the columns
+        for (int i = 0; i < A; ++i) input_1d<M, 1, 1>(r + i * A, o + i * A);  // along the rows
+        for (int k = 0; k < A * A; ++k) dst[k][ch] = store<T>(o[k]);
+      }
+    }
+  }
+}
+
+template <bool kResidual, bool kRelu, typename T>
+[[gnu::always_inline]] inline T epilogue(float acc, float bias, const T* residual) {
+  float s = acc + bias;
+  if constexpr (kResidual) s += load(*residual);
+  if constexpr (kRelu) s = s > 0.f ? s : (s != s ? s : 0.f);  // NaN stays NaN
+  return store<T>(s);
+}
+
+// y[tile t] = act(A^T m_t A + bias (+ residual)) for the tiles [t_begin, t_end), where m_t is
+// tile t's slice M[ij][t - t_begin][k] of GEMM results for `planes` tiles per ij; outputs past
+// the image's edge go to a scratch row and are dropped.
+template <int M, bool kResidual, bool kRelu, typename T>
+RESNET_FUSED_VECTOR_CLONES
+void output_transform_registers(const T* __restrict__ m, const float* __restrict__ bias,
+                      const T* __restrict__ residual, T* __restrict__ y, const Geometry& g,
+                      int64_t t_begin, int64_t t_end, int64_t planes) {
+  constexpr int A = M + 2;
+  const int64_t plane = planes * g.k;
+  alignas(64) T sink[kChunk];
+  const T* zeros = reinterpret_cast<const T*>(kZeros);
+  const T* src[A * A];
+  T* dst[M * M];
+  const T* res[M * M];
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t b = t / (g.tiles_h * g.tiles_w);
+    const int64_t y0 = (t / g.tiles_w) % g.tiles_h * M;
+    const int64_t x0 = t % g.tiles_w * M;
+    const int64_t offset = b * g.h * g.w * g.k;
+    for (int64_t k0 = 0; k0 < g.k; k0 += kChunk) {
+      const int64_t n = std::min(kChunk, g.k - k0);
+      for (int ij = 0; ij < A * A; ++ij) src[ij] = m + ij * plane + (t - t_begin) * g.k + k0;
+      for (int i = 0; i < M; ++i) {
+        for (int j = 0; j < M; ++j) {
+          const bool inside = y0 + i < g.h && x0 + j < g.w;
+          const int64_t at = offset + ((y0 + i) * g.w + x0 + j) * g.k + k0;
+          dst[i * M + j] = inside ? y + at : sink;
+          res[i * M + j] = inside && kResidual ? residual + at : zeros;
+        }
+      }
+      const float* bk = bias + k0;
+#pragma GCC ivdep
+      for (int64_t ch = 0; ch < n; ++ch) {
+        float s[A * A], c[M * A], o[M * M];
+        for (int k = 0; k < A * A; ++k) s[k] = load(src[k][ch]);
+        for (int j = 0; j < A; ++j) output_1d<M, A, A>(s + j, c + j);      // down the columns
+        for (int i = 0; i < M; ++i) output_1d<M, 1, 1>(c + i * A, o + i * M);  // along the rows
+        for (int k = 0; k < M * M; ++k) {
+          dst[k][ch] = epilogue<kResidual, kRelu, T>(o[k], bk[ch], res[k] + ch);
+        }
+      }
+    }
+  }
+}
+
+template <int M, typename T>
+void input_transform(const T* x, T* v, const Geometry& g, int64_t t_begin, int64_t t_end,
+                     int64_t planes) {
+  if constexpr (M == 4) {
+    input_transform_staged<M, T>(x, v, g, t_begin, t_end, planes);
+  } else {
+    input_transform_registers<M, T>(x, v, g, t_begin, t_end, planes);
+  }
+}
+
+// output_transform with the epilogue's options as template arguments (no branch per element).
+template <int M, typename T>
+void output_transform(const T* m, const float* bias, const T* residual, T* y, bool relu,
+                      const Geometry& g, int64_t t_begin, int64_t t_end, int64_t planes) {
+  if constexpr (M == 4) {
+    return output_transform_staged<M, T>(m, bias, residual, y, relu, g, t_begin, t_end, planes);
+  }
+  if (residual != nullptr) {
+    relu ? output_transform_registers<M, true, true, T>(m, bias, residual, y, g, t_begin, t_end, planes)
+         : output_transform_registers<M, true, false, T>(m, bias, residual, y, g, t_begin, t_end, planes);
+  } else {
+    relu ? output_transform_registers<M, false, true, T>(m, bias, residual, y, g, t_begin, t_end, planes)
+         : output_transform_registers<M, false, false, T>(m, bias, residual, y, g, t_begin, t_end, planes);
   }
 }
 
@@ -360,7 +499,10 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
   const at::Tensor b = bias.contiguous();
   const auto go = [&](auto zero) {
     using T = decltype(zero);
-    return m == 4 ? run<4, T>(x, u, b, res, relu, g) : run<2, T>(x, u, b, res, relu, g);
+    if constexpr (std::is_same_v<T, float>) {
+      if (m == 4) return run<4, T>(x, u, b, res, relu, g);
+    }
+    return run<2, T>(x, u, b, res, relu, g);  // (F(4,3) in bf16/fp16 was refused above)
   };
   switch (x.scalar_type()) {
     case at::kBFloat16: return go(c10::BFloat16());
