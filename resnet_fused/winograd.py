@@ -35,14 +35,14 @@ __all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "faster", "policy", "
 
 POLICIES = ("auto", "measure", "always", "never")
 
-# ``auto`` runs Winograd when each of its GEMMs has at least this many rows (tiles), per compute
-# dtype. Measured on ResNet-50 inside the model, filters cold in cache as in a forward pass
-# (2-core AVX-512 VM; benchmarks/results/cpu/2026-11-24-cpu-winograd-layers.log): Winograd lost
-# with 4 tiles in fp32 (7x7 at batch 1: 2.2x the direct conv's time) and with 16 in bf16 (same
-# layer: 1.45x), and won from 16 tiles up in fp32 (14x14 at batch 1: 0.84-0.93x) and 49 in bf16
-# (0.79-0.84x); on the larger layers 0.5-0.8x. bf16 needs more tiles because its direct conv
-# runs twice as fast (AVX512_BF16 dot products), so Winograd's larger filter is hidden later.
-MIN_TILES = {torch.float32: 16, torch.bfloat16: 32, torch.float16: 32}
+# ``auto`` runs Winograd when each of its GEMMs has at least this many rows (tiles). Measured on
+# ResNet-50 inside the model, filters cold in cache as in a forward pass (2-core AVX-512 VM;
+# benchmarks/results/cpu/2026-11-24-cpu-winograd-layers.log and -run1/): Winograd lost with 4
+# tiles (fp32, 7x7 at batch 1: 2.2-2.8x the direct conv's time) and 16 in bf16 (same layer:
+# 1.45x); with 16 tiles in fp32 (14x14 at batch 1) it lost in run 1 (1.07-1.13x: its 9.4 MiB
+# filter competes for memory bandwidth) after winning in a development run (0.84-0.93x); from 32
+# tiles up it won in every run, by 0.5-0.9x.
+MIN_TILES = 32
 
 # G for F(4,3) and F(2,3), interpolation points 0, +-1, +-2 (and infinity); the input and output
 # transforms B^T and A^T that match these are written out in csrc/cpu/winograd_cpu.cpp.
@@ -79,8 +79,8 @@ def tiles(batch: int, height: int, width: int, dtype: torch.dtype) -> int:
 
 
 def by_rule(batch: int, height: int, width: int, dtype: torch.dtype) -> bool:
-    """``auto``'s choice for an eligible conv: Winograd from ``MIN_TILES[dtype]`` tiles up."""
-    return tiles(batch, height, width, dtype) >= MIN_TILES[dtype]
+    """``auto``'s choice for an eligible conv: Winograd from :data:`MIN_TILES` tiles up."""
+    return tiles(batch, height, width, dtype) >= MIN_TILES
 
 
 def worthwhile(height: int, width: int, dtype: torch.dtype) -> bool:
