@@ -39,9 +39,9 @@ POLICIES = ("auto", "measure", "always", "never")
 # ResNet-50 inside the model, filters cold in cache as in a forward pass (2-core AVX-512 VM;
 # benchmarks/results/cpu/2026-11-24-cpu-winograd-layers.log and -run1/): Winograd lost with 4
 # tiles (fp32, 7x7 at batch 1: 2.2-2.8x the direct conv's time) and 16 in bf16 (same layer:
-# 1.45x); with 16 tiles in fp32 (14x14 at batch 1) it lost in run 1 (1.07-1.13x: its 9.4 MiB
-# filter competes for memory bandwidth) after winning in a development run (0.84-0.93x); from 32
-# tiles up it won in every run, by 0.5-0.9x.
+# 1.45-1.8x); with 16 tiles in fp32 (14x14 at batch 1) it lost in both committed runs
+# (1.07-1.23x: its 9.4 MiB filter competes for memory bandwidth) though it won in a development
+# run (0.84-0.93x); from 32 tiles up it won or tied in every run (0.57-1.03x, median ~0.8x).
 MIN_TILES = 32
 
 # G for F(4,3) and F(2,3), interpolation points 0, +-1, +-2 (and infinity); the input and output

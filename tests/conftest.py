@@ -56,3 +56,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("interpreter"):
             item.add_marker(pytest.mark.skip(reason=why))
+
+
+@pytest.fixture(scope="module")
+def random_models():
+    """``random_models(name)``: that ResNet of the package (10 classes) with random weights, random
+    non-trivial BatchNorm statistics and a random classifier bias, in eval mode; built once per
+    test module, so tests must not modify it."""
+    from resnet_fused import models
+    from resnet_fused.testing import randomize_batchnorm_
+
+    generator = torch.Generator().manual_seed(1313)
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model = getattr(models, name)(num_classes=10)
+            randomize_batchnorm_(model, generator)
+            with torch.no_grad():
+                model.fc.bias.copy_(torch.randn(10, generator=generator))
+            cache[name] = model.eval()
+        return cache[name]
+
+    return get

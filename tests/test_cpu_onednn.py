@@ -334,26 +334,9 @@ def test_cast_after_use_follows_dtype(generator, winograd_policy):
 # --- whole models ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def models():
-    generator = torch.Generator().manual_seed(1313)
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            model = getattr(resnet_fused, name)(num_classes=10)
-            randomize_batchnorm_(model, generator)
-            with torch.no_grad():
-                model.fc.bias.copy_(torch.randn(10, generator=generator))
-            cache[name] = model.eval()
-        return cache[name]
-
-    return get
-
-
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
-def test_every_depth_fp32(name, models, generator, no_raw_op, winograd_policy):
-    model = models(name)
+def test_every_depth_fp32(name, random_models, generator, no_raw_op, winograd_policy):
+    model = random_models(name)
     fused = fuse(model, backend="cpu")
     x = torch.randn(2, 3, 48, 40, generator=generator)
     with torch.no_grad():
@@ -376,8 +359,8 @@ def _features64(m, x):
                          ids=[i for i in FAST_IDS if i != "float32"])
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("n", [1, 3])
-def test_low_precision_models(name, dtype, n, models, generator, no_raw_op, winograd_policy):
-    model = models(name)
+def test_low_precision_models(name, dtype, n, random_models, generator, no_raw_op, winograd_policy):
+    model = random_models(name)
     fused = fuse(model, backend="cpu", dtype=dtype)
     x = torch.randn(n, 3, 64, 56, generator=generator)
     with torch.no_grad():
@@ -387,9 +370,9 @@ def test_low_precision_models(name, dtype, n, models, generator, no_raw_op, wino
     assert_close(y, ref, dtype, "model")
 
 
-def test_model_input_is_not_modified(models, generator):
+def test_model_input_is_not_modified(random_models, generator):
     """In-place residual sums only ever write the model's own activations."""
-    fused = fuse(models("resnet18"), backend="cpu")
+    fused = fuse(random_models("resnet18"), backend="cpu")
     x = torch.randn(2, 3, 32, 32, generator=generator).contiguous(memory_format=CL)
     kept = x.clone()
     with torch.no_grad():
@@ -405,10 +388,10 @@ def test_model_input_is_not_modified(models, generator):
 
 
 @pytest.mark.parametrize("dtype", FAST, ids=FAST_IDS)
-def test_downsample_block_sums_into_its_last_conv(dtype, models, generator, no_raw_op):
+def test_downsample_block_sums_into_its_last_conv(dtype, random_models, generator, no_raw_op):
     """A block with a downsample conv (run last, summing into the last conv's output) equals
     the source block, and leaves its input alone."""
-    model = models("resnet50")
+    model = random_models("resnet50")
     fast = fuse(model, backend="cpu", dtype=dtype).stages[1][0]
     assert fast.skip is not None
     h = torch.randn(2, 256, 12, 10, generator=generator).to(dtype).contiguous(memory_format=CL)
@@ -421,8 +404,8 @@ def test_downsample_block_sums_into_its_last_conv(dtype, models, generator, no_r
     assert_close(y, ref, dtype, "op" if dtype == torch.float32 else "model")
 
 
-def test_copy_and_pickle_after_use(models, generator, winograd_policy):
-    fused = fuse(models("resnet18"), backend="cpu")
+def test_copy_and_pickle_after_use(random_models, generator, winograd_policy):
+    fused = fuse(random_models("resnet18"), backend="cpu")
     x = torch.randn(1, 3, 32, 32, generator=generator)
     with torch.no_grad():
         y = fused(x)
@@ -437,11 +420,11 @@ def test_copy_and_pickle_after_use(models, generator, winograd_policy):
     assert fused.stem._onednn is not None, "copying does not drop the original's prepared state"
 
 
-def test_copies_keep_the_measured_algorithms(models, generator, monkeypatch):
+def test_copies_keep_the_measured_algorithms(random_models, generator, monkeypatch):
     """Under ``measure`` each 3x3 conv's algorithm is timed once per shape; a copy or pickle runs
     the same choices (not a new, timing-dependent draw), so it computes the same bits."""
     monkeypatch.setenv("RESNET_FUSED_WINOGRAD", "measure")
-    fused = fuse(models("resnet18"), backend="cpu")
+    fused = fuse(random_models("resnet18"), backend="cpu")
     x = torch.randn(1, 3, 32, 32, generator=generator)
     with torch.no_grad():
         y = fused(x)
@@ -454,10 +437,10 @@ def test_copies_keep_the_measured_algorithms(models, generator, monkeypatch):
             assert torch.equal(other(x), y)
 
 
-def test_fuse_and_run_under_inference_mode(models, generator, winograd_policy):
+def test_fuse_and_run_under_inference_mode(random_models, generator, winograd_policy):
     """fuse() under torch.inference_mode still makes version-counted buffers, so in-place weight
     updates after it are seen; and inference tensors (a .to() under inference mode) run too."""
-    model = models("resnet18")
+    model = random_models("resnet18")
     x = torch.randn(1, 3, 32, 32, generator=generator)
     with torch.inference_mode():
         fused = fuse(model, backend="cpu")
@@ -481,10 +464,10 @@ def test_fuse_and_run_under_inference_mode(models, generator, winograd_policy):
 
 
 @pytest.mark.parametrize("available", [{torch.float32}, set()], ids=["no-bf16", "no-onednn"])
-def test_fallback_without_onednn_dtype(available, monkeypatch, models, generator):
+def test_fallback_without_onednn_dtype(available, monkeypatch, random_models, generator):
     """A CPU without bf16 (or a torch without oneDNN) runs the raw op, same numbers."""
     monkeypatch.setattr(onednn, "fast_dtypes", lambda: frozenset(available))
-    model = models("resnet18")
+    model = random_models("resnet18")
     x = torch.randn(2, 3, 48, 48, generator=generator)
     for dtype in (torch.float32, torch.bfloat16):
         fused = fuse(model, backend="cpu", dtype=dtype)
@@ -567,8 +550,8 @@ def test_info_names_a_bad_winograd_setting(capsys, monkeypatch):
         capsys.readouterr().out)
 
 
-def test_state_dict_holds_only_the_source_numbers(models):
-    fused = fuse(models("resnet18"), backend="cpu")
+def test_state_dict_holds_only_the_source_numbers(random_models):
+    fused = fuse(random_models("resnet18"), backend="cpu")
     with torch.no_grad():
         fused(torch.randn(1, 3, 32, 32))
     keys = set(fused.stem.state_dict())

@@ -27,13 +27,11 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import resnet_fused
 from resnet_fused import fuse, onednn, ops, winograd
 from resnet_fused.fused import FusedConvBNAct
 from resnet_fused.reference import conv_bn_act_reference
 from resnet_fused.testing import (
     random_bn_params,
-    randomize_batchnorm_,
     reference_dtype,
     relative_error,
     tolerance,
@@ -589,10 +587,10 @@ def test_rule(n, hw, dtype, expected):
     assert winograd.tiles(n, hw, hw, dtype) == n * (-(-hw // winograd.tile_size(dtype))) ** 2
 
 
-def test_auto_is_reproducible(models, generator, monkeypatch):
+def test_auto_is_reproducible(random_models, generator, monkeypatch):
     """``auto`` is a rule, not a timing: two separately fused models compute the same bits."""
     monkeypatch.setenv("RESNET_FUSED_WINOGRAD", "auto")
-    model = models("resnet18")
+    model = random_models("resnet18")
     x = torch.randn(2, 3, 64, 64, generator=generator)
     with torch.no_grad():
         a, b = fuse(model, backend="cpu"), fuse(model, backend="cpu")
@@ -685,30 +683,13 @@ def test_winograd_filter_follows_updates(update, dtype, generator, monkeypatch, 
 # --- whole models --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def models():
-    generator = torch.Generator().manual_seed(4242)
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            model = getattr(resnet_fused, name)(num_classes=10)
-            randomize_batchnorm_(model, generator)
-            with torch.no_grad():
-                model.fc.bias.copy_(torch.randn(10, generator=generator))
-            cache[name] = model.eval()
-        return cache[name]
-
-    return get
-
-
 @pytest.mark.parametrize("dtype", FAST, ids=dtype_id)
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_models_with_winograd(name, dtype, models, generator, monkeypatch, no_raw_op):
+def test_models_with_winograd(name, dtype, random_models, generator, monkeypatch, no_raw_op):
     """resnet18's BasicBlock conv2 takes the residual in a Winograd conv; resnet50's conv2s
     are 3x3 stride 1 except each stage's first from layer2 on (stride 2)."""
     monkeypatch.setenv("RESNET_FUSED_WINOGRAD", "always")
-    model = models(name)
+    model = random_models(name)
     fused = fuse(model, backend="cpu", dtype=dtype)
     x = torch.randn(2, 3, 128, 128, generator=generator)  # layer4 at 4x4: one F(4,3) tile
     with torch.no_grad():

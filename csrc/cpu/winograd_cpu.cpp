@@ -104,6 +104,17 @@ struct Geometry {
   int64_t tiles_h, tiles_w, tiles;
 };
 
+// Where output tile t lies: its image and its top-left output pixel (its input patch starts one
+// pixel up and left, in the padding for the first row and column).
+struct TileOrigin {
+  int64_t image, y, x;
+};
+
+template <int M>
+[[gnu::always_inline]] inline TileOrigin tile_origin(const Geometry& g, int64_t t) {
+  return {t / (g.tiles_h * g.tiles_w), (t / g.tiles_w) % g.tiles_h * M, t % g.tiles_w * M};
+}
+
 // Zeros to read in place of the padding, and a sink for outputs past the image's edge: the
 // per-channel loops then run without branches (and vectorize), whatever the tile's position.
 alignas(64) constexpr float kZeros[kChunk] = {};
@@ -146,10 +157,9 @@ void input_transform_staged(const T* __restrict__ x, T* __restrict__ v, const Ge
   alignas(64) float rows[A * A * kChunk];
   const int64_t plane = planes * g.c;  // elements between consecutive V[ij]
   for (int64_t t = t_begin; t < t_end; ++t) {
-    const int64_t b = t / (g.tiles_h * g.tiles_w);
-    const int64_t y0 = (t / g.tiles_w) % g.tiles_h * M - 1;
-    const int64_t x0 = t % g.tiles_w * M - 1;
-    const T* image = x + b * g.h * g.w * g.c;
+    const TileOrigin origin = tile_origin<M>(g, t);
+    const int64_t y0 = origin.y - 1, x0 = origin.x - 1;
+    const T* image = x + origin.image * g.h * g.w * g.c;
     for (int64_t c0 = 0; c0 < g.c; c0 += kChunk) {
       const int64_t n = std::min(kChunk, g.c - c0);
       for (int64_t i = 0; i < A; ++i) {
@@ -189,10 +199,9 @@ void output_transform_staged(const T* __restrict__ m, const float* __restrict__ 
   alignas(64) float out[M * M * kChunk];
   const int64_t plane = planes * g.k;
   for (int64_t t = t_begin; t < t_end; ++t) {
-    const int64_t b = t / (g.tiles_h * g.tiles_w);
-    const int64_t y0 = (t / g.tiles_w) % g.tiles_h * M;
-    const int64_t x0 = t % g.tiles_w * M;
-    const int64_t offset = b * g.h * g.w * g.k;
+    const TileOrigin origin = tile_origin<M>(g, t);
+    const int64_t y0 = origin.y, x0 = origin.x;
+    const int64_t offset = origin.image * g.h * g.w * g.k;
     for (int64_t k0 = 0; k0 < g.k; k0 += kChunk) {
       const int64_t n = std::min(kChunk, g.k - k0);
       for (int64_t ij = 0; ij < A * A; ++ij) {
@@ -250,10 +259,9 @@ void input_transform_registers(const T* __restrict__ x, T* __restrict__ v, const
   const T* src[A * A];
   T* dst[A * A];
   for (int64_t t = t_begin; t < t_end; ++t) {
-    const int64_t b = t / (g.tiles_h * g.tiles_w);
-    const int64_t y0 = (t / g.tiles_w) % g.tiles_h * M - 1;
-    const int64_t x0 = t % g.tiles_w * M - 1;
-    const T* image = x + b * g.h * g.w * g.c;
+    const TileOrigin origin = tile_origin<M>(g, t);
+    const int64_t y0 = origin.y - 1, x0 = origin.x - 1;
+    const T* image = x + origin.image * g.h * g.w * g.c;
     for (int64_t c0 = 0; c0 < g.c; c0 += kChunk) {
       const int64_t n = std::min(kChunk, g.c - c0);
       for (int i = 0; i < A; ++i) {
@@ -300,10 +308,9 @@ void output_transform_registers(const T* __restrict__ m, const float* __restrict
   T* dst[M * M];
   const T* res[M * M];
   for (int64_t t = t_begin; t < t_end; ++t) {
-    const int64_t b = t / (g.tiles_h * g.tiles_w);
-    const int64_t y0 = (t / g.tiles_w) % g.tiles_h * M;
-    const int64_t x0 = t % g.tiles_w * M;
-    const int64_t offset = b * g.h * g.w * g.k;
+    const TileOrigin origin = tile_origin<M>(g, t);
+    const int64_t y0 = origin.y, x0 = origin.x;
+    const int64_t offset = origin.image * g.h * g.w * g.k;
     for (int64_t k0 = 0; k0 < g.k; k0 += kChunk) {
       const int64_t n = std::min(kChunk, g.k - k0);
       for (int ij = 0; ij < A * A; ++ij) src[ij] = m + ij * plane + (t - t_begin) * g.k + k0;
@@ -359,8 +366,9 @@ void output_transform(const T* m, const float* bias, const T* residual, T* y, bo
 // The transformed inputs V and the GEMM results M live in buffers kept per thread and reused
 // from call to call (grown when a call needs more). Freshly allocated instead, every call of a
 // large layer gets its pages from the kernel (glibc maps big blocks anew each time) and faults
-// in, zeroing, every page: measured, that made bf16 layers at batch 1 1.3-2.4x slower, enough to
-// lose to the direct conv they beat with reused memory. Requests above kMaxKeptBytes are
+// in, zeroing, every page: in development runs that made bf16 layers at batch 1 1.3-2.4x slower
+// (once glibc's mmap threshold fell back to its floor), enough to lose to the direct conv they
+// beat with reused memory. Requests above kMaxKeptBytes are
 // allocated per call and not kept (at that size the faults are small against the GEMM).
 constexpr int64_t kMaxKeptBytes = int64_t{64} << 20;
 
@@ -391,9 +399,10 @@ constexpr int64_t kTilesPerTask = 4;
 constexpr int64_t kBlockBytes = 512 * 1024;
 // Blocks only pay when every block's GEMM can re-read U from cache, and only in float32: ATen's
 // bf16/fp16 GEMM (oneDNN) packs U again on every call, which costs more than the blocks save.
-// Measured on the 2-core AVX-512 VM, ResNet-50's layers at batch 1 and 8: blocked F(4,3) ran
-// 1.7-1.9x oneDNN's direct conv at C = 64 and 128 (U: 0.6 and 2.4 MiB), against 1.4-1.6x
-// unblocked; at C = 256 (U: 9.4 MiB) blocked fell to 1.0x, unblocked stayed 1.2-1.3x.
+// In development runs on the 2-core AVX-512 VM (ResNet-50's 3x3 layers alone, batch 1 and 8),
+// blocked F(4,3) ran 1.7-1.9x as fast as oneDNN's direct conv at C = 64 and 128 (U: 0.6 and
+// 2.4 MiB), unblocked 1.4-1.6x; at C = 256 (U: 9.4 MiB) blocked fell to 1.0x, unblocked 1.2-1.3x;
+// blocked bf16 was slower than unblocked at every size tried.
 constexpr int64_t kMaxBlockedFilterBytes = 4 * 1024 * 1024;
 
 template <int M, typename T>
