@@ -51,9 +51,6 @@ class FusedConvBNAct(nn.Module):
         self.relu = relu
         self.backend = backend
         self._onednn: onednn.OneDNNConv | None = None  # derived state, see _onednn_conv
-        # The CPU fast path's algorithm per input shape (Winograd or direct), chosen once; kept
-        # across weight updates and copies (see OneDNNConv), dropped when the dtype changes.
-        self._algorithms: dict[tuple[int, int, int], str] = {}
 
     @classmethod
     def from_conv_bn(cls, conv: nn.Module, bn: nn.Module, relu: bool, backend: str,
@@ -81,7 +78,6 @@ class FusedConvBNAct(nn.Module):
         # keep the exact fp32 values and only follow the move to another device.
         scale, shift = self.scale, self.shift
         self._onednn = None  # prepared from the old tensors; don't keep them alive
-        self._algorithms = {}  # measured for the old dtype/device
         super()._apply(fn, recurse)
         self.scale = scale.to(self.scale.device)
         self.shift = shift.to(self.shift.device)
@@ -124,8 +120,7 @@ class FusedConvBNAct(nn.Module):
         if not (x.is_cpu and weight.is_cpu and x.dtype == weight.dtype
                 and x.dtype in onednn.fast_dtypes()):
             return None
-        conv = self._onednn = onednn.OneDNNConv(weight, scale, shift, self.stride, self.padding,
-                                                self._algorithms)
+        conv = self._onednn = onednn.OneDNNConv(weight, scale, shift, self.stride, self.padding)
         return conv
 
     def refresh(self) -> None:
@@ -134,15 +129,10 @@ class FusedConvBNAct(nn.Module):
 
     def __getstate__(self) -> dict:
         # The prepared weights are derived (and oneDNN-layout tensors cannot be pickled):
-        # copies and pickles rebuild them on their first call, with the same algorithms.
+        # copies and pickles rebuild them on their first call.
         state = self.__dict__.copy()
         state["_onednn"] = None
-        state["_algorithms"] = dict(self._algorithms)
         return state
-
-    def __setstate__(self, state: dict) -> None:
-        state.setdefault("_algorithms", {})  # pickled before the per-shape choice existed
-        super().__setstate__(state)
 
     def extra_repr(self) -> str:
         k, c, r, s = self.weight.shape

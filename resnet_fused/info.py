@@ -74,7 +74,6 @@ def _winograd_row() -> str:
     except ValueError as err:
         return f"invalid setting: {err}"
     meaning = {"auto": f"3x3 stride-1 convs with >= {winograd.MIN_TILES} output tiles",
-               "measure": "the faster of Winograd and the direct conv, timed per layer and shape",
                "always": "every 3x3 stride-1 conv", "never": "off"}[rule]
     return (f"{rule} (RESNET_FUSED_WINOGRAD): {meaning}; F(4,3) in float32, F(2,3) in "
             "bfloat16/float16")

@@ -16,8 +16,7 @@ registered ``torch.ops.mkldnn`` ops Inductor uses:
 * Activations stay channels_last (NHWC) between layers: oneDNN reads and writes that layout
   directly, without reorders.
 * Stride-1 3x3 convolutions may run as Winograd F(m, 3) instead (:mod:`resnet_fused.winograd`,
-  this package's own op), chosen per input shape by a fixed rule (or, with
-  ``RESNET_FUSED_WINOGRAD=measure``, by timing both once).
+  this package's own op), chosen per input shape by a fixed rule (``RESNET_FUSED_WINOGRAD``).
 
 The prepared weights are derived state, not a cache that goes stale when the module's numbers
 change through PyTorch: each call first checks that the module's ``weight``/``scale``/``shift``
@@ -116,8 +115,7 @@ class OneDNNConv:
     # Input shapes remembered at all (each entry is two references and a tuple).
     _MAX_ENTRIES = 64
 
-    def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding,
-                 algorithms: dict[tuple[int, int, int], str] | None = None) -> None:
+    def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding) -> None:
         self.stride = list(stride)
         self.padding = list(padding)
         self.dtype = weight.dtype
@@ -134,11 +132,8 @@ class OneDNNConv:
         self._winograd_eligible = winograd.eligible((self.kh, self.kw), self.stride, self.padding,
                                                     self.dtype)
         self._winograd_filter: Tensor | None = None  # built on first use; shape-independent
-        self._winograd_bias = shift.float().contiguous()
-        # (N, H, W) -> "winograd"/"direct". The caller may pass (and keep) the dict: choices made
-        # for earlier weights of the same layer stay valid (same shapes, same costs), and copies of
-        # a model then compute with the same algorithms, bit for bit (under "measure" too).
-        self._algorithms = {} if algorithms is None else algorithms
+        # (N, H, W) -> "winograd"/"direct", for the shapes Winograd could take (reported only).
+        self._algorithms: dict[tuple[int, int, int], str] = {}
 
     def is_prepared_from(self, weight: Tensor, scale: Tensor, shift: Tensor) -> bool:
         """True if these are the tensors this was prepared from, unchanged since."""
@@ -147,11 +142,10 @@ class OneDNNConv:
                 and (_fingerprint(weight), _fingerprint(scale), _fingerprint(shift))
                 == self._fingerprints)
 
-    def _entry(self, x: Tensor) -> tuple[Tensor, tuple[int, ...], bool] | None:
-        """(weight, output shape, is_winograd) for inputs of x's shape: the packed oneDNN weight,
-        or the Winograd filter where that algorithm was chosen for the shape; None if x is not a
+    def _entry(self, shape: torch.Size) -> tuple[Tensor, tuple[int, ...], bool] | None:
+        """(weight, output shape, is_winograd) for inputs of this shape: the packed oneDNN weight,
+        or the Winograd filter where that algorithm was chosen for the shape; None if it is not a
         valid input (wrong rank or channels, empty batch, smaller than the kernel)."""
-        shape = x.shape
         if len(shape) != 4 or shape[1] != self.in_channels or shape[0] == 0:
             return None
         n, _, h, w = shape
@@ -170,37 +164,24 @@ class OneDNNConv:
                 packed = self._last
         out_shape = (n, self.out_channels, ho, wo)
         entry = (packed, out_shape, False)
-        if (self._winograd_eligible and winograd.worthwhile(h, w, self.dtype)
-                and self._use_winograd(x, key, packed)):
-            entry = (self._winograd_filter, out_shape, True)
+        if self._use_winograd(key):
+            entry = (self._winograd_u(), out_shape, True)
         if len(self._entries) < self._MAX_ENTRIES:
             self._entries[shape] = entry
         return entry
 
-    def _use_winograd(self, x: Tensor, key: tuple[int, int, int], packed: Tensor) -> bool:
+    def _use_winograd(self, key: tuple[int, int, int]) -> bool:
         """Whether inputs of shape ``key`` = (N, H, W) run as Winograd, by
-        :func:`winograd.policy`: a fixed rule (``auto``), timing both on ``x`` once per shape
-        (``measure``), or ``always``/``never``."""
+        :func:`winograd.policy`; records the choice for :attr:`algorithms` (unless ``never``)."""
+        if not (self._winograd_eligible and winograd.worthwhile(key[1], key[2], self.dtype)):
+            return False
         rule = winograd.policy()
         if rule == "never":
             return False
-        chosen = self._algorithms.get(key)
-        if chosen is None:
-            if rule == "always" or (rule == "auto" and winograd.by_rule(*key, self.dtype)):
-                chosen = "winograd"
-            elif rule == "auto" or len(self._algorithms) >= self._MAX_ENTRIES:
-                chosen = "direct"
-            else:
-                u, bias = self._winograd_u(), self._winograd_bias
-                wins = winograd.faster(
-                    lambda: _WINOGRAD(x, u, bias, None, True),
-                    lambda: _CONV(x, packed, self.bias, self.padding, self.stride, _DILATION, 1,
-                                  "relu", [], ""), x)
-                chosen = "winograd" if wins else "direct"
-            self._algorithms[key] = chosen
-        if chosen == "winograd":
-            self._winograd_u()
-        return chosen == "winograd"
+        chosen = rule == "always" or winograd.by_rule(*key, self.dtype)
+        if len(self._algorithms) < self._MAX_ENTRIES:
+            self._algorithms[key] = "winograd" if chosen else "direct"
+        return chosen
 
     def _winograd_u(self) -> Tensor:
         # The transformed filter: shape-independent, built on first use.
@@ -222,20 +203,18 @@ class OneDNNConv:
         handled here (see the class docstring)."""
         if x.dtype != self.dtype or not x.is_cpu:
             return None
-        entry = self._entries.get(x.shape) or self._entry(x)
+        entry = self._entries.get(x.shape) or self._entry(x.shape)
         if entry is None:
             return None
         weight, out_shape, is_winograd = entry
-        if is_winograd:
-            if residual is not None and (residual.shape != out_shape or residual.dtype != self.dtype
-                                         or not residual.is_cpu):
-                return None
-            return _WINOGRAD(x, weight, self._winograd_bias, residual, relu)
+        if residual is not None and (residual.shape != out_shape or residual.dtype != self.dtype
+                                     or not residual.is_cpu):
+            return None
+        if is_winograd:  # the residual, if any, is read; the output is a new tensor
+            return _WINOGRAD(x, weight, self._source[2], residual, relu)
         if residual is None:
             return _CONV(x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
                          "relu" if relu else "none", [], "")
-        if residual.shape != out_shape or residual.dtype != self.dtype or not residual.is_cpu:
-            return None
         unary = "relu" if relu else None
         if not (residual_is_scratch and residual.is_contiguous(memory_format=torch.channels_last)):
             if out_shape[1] > 1 and out_shape[2] * out_shape[3] > 1:
@@ -258,5 +237,6 @@ class OneDNNConv:
     @property
     def algorithms(self) -> dict[tuple[int, int, int], str]:
         """The algorithm chosen per (N, H, W) input shape: ``"winograd"`` or ``"direct"``
-        (shapes of a conv that Winograd cannot compute are not listed)."""
+        (convs and shapes that Winograd cannot take, e.g. images smaller than a tile, are not
+        listed)."""
         return dict(self._algorithms)

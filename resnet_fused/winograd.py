@@ -13,27 +13,22 @@ Whether Winograd is faster than oneDNN's direct convolution depends on the shape
 one's bytes, must still be read whole. :func:`policy` says how the CPU fast path chooses,
 ``RESNET_FUSED_WINOGRAD`` =
 
-* ``auto`` (default): :func:`by_rule`, a fixed rule on the shape, so every process and every
-  copy of a model computes with the same algorithms, bit for bit;
-* ``measure``: time both on the layer's first input of each shape and keep the faster (adapts to
-  the machine; two processes may then choose differently, within the same bounds);
+* ``auto`` (default): :func:`by_rule`, a fixed rule on the shape (not a timing, so every process
+  and every copy of a model computes with the same algorithms, bit for bit);
 * ``always`` or ``never``.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "faster", "policy", "tile_size",
-           "tiles", "transform_filter", "worthwhile"]
+__all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "policy", "tile_size", "tiles",
+           "transform_filter", "worthwhile"]
 
-POLICIES = ("auto", "measure", "always", "never")
+POLICIES = ("auto", "always", "never")
 
 # ``auto`` runs Winograd when each of its GEMMs has at least this many rows (tiles). Measured on
 # ResNet-50 inside the model, filters cold in cache as in a forward pass (2-core AVX-512 VM;
@@ -54,7 +49,7 @@ _G = {
 
 
 def policy() -> str:
-    """``RESNET_FUSED_WINOGRAD``: ``auto`` (default), ``measure``, ``always`` or ``never``."""
+    """``RESNET_FUSED_WINOGRAD``: ``auto`` (default), ``always`` or ``never``."""
     value = os.environ.get("RESNET_FUSED_WINOGRAD", "auto").strip().lower() or "auto"
     if value not in POLICIES:
         raise ValueError(f"RESNET_FUSED_WINOGRAD must be one of {POLICIES}, got {value!r}")
@@ -101,35 +96,6 @@ def transform_filter(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tenso
     folded = weight.double() * scale.double().view(-1, 1, 1, 1)
     u = torch.einsum("ij,kcjl,ml->imck", g, folded, g)  # (m+2, m+2, C_in, C_out)
     return u.reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
-
-
-# Bytes written between timed calls to push the filters out of every cache level (twice the
-# largest last-level cache of the CPUs this was measured on, 32 MiB).
-_EVICT_BYTES = 64 << 20
-
-
-def faster(winograd: Callable[[], Tensor], direct: Callable[[], Tensor], x: Tensor,
-           rounds: int = 3) -> bool:
-    """True if ``winograd()`` took less time than ``direct()``: best of ``rounds`` runs each,
-    interleaved, after one untimed run of each (first calls allocate and fault in memory).
-
-    Each timed run starts as a layer inside a network does: its filter no longer in any cache
-    (the other layers' weights went through since), its input ``x`` in cache (just written).
-    Timed back to back instead, the filters stay cached and Winograd's, up to 4x the direct
-    filter's bytes, looks free: at batch 1 that picked Winograd for 14x14 layers it slowed down.
-    """
-    evict = torch.empty(_EVICT_BYTES, dtype=torch.uint8)
-    best = {winograd: math.inf, direct: math.inf}
-    for fn in best:
-        fn()
-    for i in range(rounds):
-        for fn in best:
-            evict.fill_(i)
-            x.sum()
-            start = time.perf_counter()
-            fn()
-            best[fn] = min(best[fn], time.perf_counter() - start)
-    return best[winograd] < best[direct]
 
 
 @torch.library.register_fake("resnet_fused::winograd_conv3x3")

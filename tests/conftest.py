@@ -79,3 +79,15 @@ def random_models():
         return cache[name]
 
     return get
+
+
+@pytest.fixture
+def no_raw_op(monkeypatch):
+    """Makes any call of the raw op ``resnet_fused.ops.conv_bn_act`` fail: proves that a fused
+    module's result came from the CPU fast path (oneDNN or Winograd), not the fallback."""
+    from resnet_fused import ops
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the raw op ran where the CPU fast path was expected")
+
+    monkeypatch.setattr(ops, "conv_bn_act", refuse)

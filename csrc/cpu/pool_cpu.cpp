@@ -16,6 +16,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../checks.h"
 #include "vector_clones.h"
 
 namespace resnet_fused {
@@ -27,9 +28,8 @@ constexpr int64_t kElementsPerTask = 32768;
 void check_pool_input(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", x.dim(),
               "-D with sizes ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf ||
-                  x.scalar_type() == at::kBFloat16,
-              op, ": input must be float32, float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(is_supported_dtype(x.scalar_type()), op,
+              ": input must be float32, float16 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK(x.device().is_cpu(), op, " (cpu): input must be a CPU tensor");
 }
 

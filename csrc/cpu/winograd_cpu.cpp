@@ -35,6 +35,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "../checks.h"
 #include "vector_clones.h"
 
 namespace resnet_fused {
@@ -119,6 +120,15 @@ template <int M>
 // per-channel loops then run without branches (and vectorize), whatever the tile's position.
 alignas(64) constexpr float kZeros[kChunk] = {};
 
+// y = act(acc + bias (+ residual)), the last step of every output transform.
+template <bool kResidual, bool kRelu, typename T>
+[[gnu::always_inline]] inline T epilogue(float acc, float bias, const T* residual) {
+  float s = acc + bias;
+  if constexpr (kResidual) s += load(*residual);
+  if constexpr (kRelu) s = s > 0.f ? s : (s != s ? s : 0.f);  // NaN stays NaN
+  return store<T>(s);
+}
+
 // input_1d/output_1d as steps of the staged transforms: over n channels, the values
 // s[k * ss + ch] -> d[i * ds + ch].
 template <int M, typename Out>
@@ -147,11 +157,12 @@ template <int M>
 
 // input_transform in stages through L1 buffers (gather, columns, rows), each a loop over the
 // channels. F(4,3) uses this form: in registers its 36 loads and 36 stores per channel spill and
-// do not vectorize (measured 3x slower); F(2,3)'s 16 + 16 fit.
+// do not vectorize (~3x slower in a development run, see
+// benchmarks/results/cpu/2026-11-24-cpu-winograd-transforms-dev.log); F(2,3)'s 16 + 16 fit.
 template <int M, typename T>
 RESNET_FUSED_VECTOR_CLONES
 void input_transform_staged(const T* __restrict__ x, T* __restrict__ v, const Geometry& g,
-                     int64_t t_begin, int64_t t_end, int64_t planes) {
+                            int64_t t_begin, int64_t t_end, int64_t planes) {
   constexpr int64_t A = M + 2;
   alignas(64) float patch[A * A * kChunk];
   alignas(64) float rows[A * A * kChunk];
@@ -180,19 +191,19 @@ void input_transform_staged(const T* __restrict__ x, T* __restrict__ v, const Ge
         input_1d_staged<M>(patch + j * kChunk, A * kChunk, rows + j * kChunk, A * kChunk, n);
       }
       for (int64_t i = 0; i < A; ++i) {
-        input_1d_staged<M>(rows + i * A * kChunk, kChunk, v + i * A * plane + (t - t_begin) * g.c + c0,
-                    plane, n);
+        T* out = v + i * A * plane + (t - t_begin) * g.c + c0;
+        input_1d_staged<M>(rows + i * A * kChunk, kChunk, out, plane, n);
       }
     }
   }
 }
 
 // output_transform in stages through L1 buffers, for F(4,3) (see input_transform_staged).
-template <int M, typename T>
+template <int M, bool kResidual, bool kRelu, typename T>
 RESNET_FUSED_VECTOR_CLONES
 void output_transform_staged(const T* __restrict__ m, const float* __restrict__ bias,
-                      const T* __restrict__ residual, T* __restrict__ y, bool relu,
-                      const Geometry& g, int64_t t_begin, int64_t t_end, int64_t planes) {
+                             const T* __restrict__ residual, T* __restrict__ y, const Geometry& g,
+                             int64_t t_begin, int64_t t_end, int64_t planes) {
   constexpr int64_t A = M + 2;
   alignas(64) float tile[A * A * kChunk];
   alignas(64) float cols[M * A * kChunk];
@@ -220,25 +231,9 @@ void output_transform_staged(const T* __restrict__ m, const float* __restrict__ 
           const int64_t at = offset + ((y0 + i) * g.w + x0 + j) * g.k + k0;
           const float* o = out + (i * M + j) * kChunk;
           T* dst = y + at;
-          if (residual != nullptr) {
-            const T* r = residual + at;
-            if (relu) {
-              for (int64_t ch = 0; ch < n; ++ch) {
-                const float s = o[ch] + bias[k0 + ch] + load(r[ch]);
-                dst[ch] = store<T>(s > 0.f ? s : (s != s ? s : 0.f));
-              }
-            } else {
-              for (int64_t ch = 0; ch < n; ++ch) {
-                dst[ch] = store<T>(o[ch] + bias[k0 + ch] + load(r[ch]));
-              }
-            }
-          } else if (relu) {
-            for (int64_t ch = 0; ch < n; ++ch) {
-              const float s = o[ch] + bias[k0 + ch];
-              dst[ch] = store<T>(s > 0.f ? s : (s != s ? s : 0.f));
-            }
-          } else {
-            for (int64_t ch = 0; ch < n; ++ch) dst[ch] = store<T>(o[ch] + bias[k0 + ch]);
+          const T* r = kResidual ? residual + at : reinterpret_cast<const T*>(kZeros);
+          for (int64_t ch = 0; ch < n; ++ch) {
+            dst[ch] = epilogue<kResidual, kRelu, T>(o[ch], bias[k0 + ch], r + ch);
           }
         }
       }
@@ -284,22 +279,15 @@ void input_transform_registers(const T* __restrict__ x, T* __restrict__ v, const
   }
 }
 
-template <bool kResidual, bool kRelu, typename T>
-[[gnu::always_inline]] inline T epilogue(float acc, float bias, const T* residual) {
-  float s = acc + bias;
-  if constexpr (kResidual) s += load(*residual);
-  if constexpr (kRelu) s = s > 0.f ? s : (s != s ? s : 0.f);  // NaN stays NaN
-  return store<T>(s);
-}
-
 // y[tile t] = act(A^T m_t A + bias (+ residual)) for the tiles [t_begin, t_end), where m_t is
 // tile t's slice M[ij][t - t_begin][k] of GEMM results for `planes` tiles per ij; outputs past
 // the image's edge go to a scratch row and are dropped.
 template <int M, bool kResidual, bool kRelu, typename T>
 RESNET_FUSED_VECTOR_CLONES
 void output_transform_registers(const T* __restrict__ m, const float* __restrict__ bias,
-                      const T* __restrict__ residual, T* __restrict__ y, const Geometry& g,
-                      int64_t t_begin, int64_t t_end, int64_t planes) {
+                                const T* __restrict__ residual, T* __restrict__ y,
+                                const Geometry& g, int64_t t_begin, int64_t t_end,
+                                int64_t planes) {
   constexpr int A = M + 2;
   const int64_t plane = planes * g.k;
   alignas(64) T sink[kChunk];
@@ -347,19 +335,25 @@ void input_transform(const T* x, T* v, const Geometry& g, int64_t t_begin, int64
   }
 }
 
-// output_transform with the epilogue's options as template arguments (no branch per element).
+// The output transform for F(m,3), with the epilogue's options as template arguments (no branch
+// per element): staged for F(4,3), in registers for F(2,3).
 template <int M, typename T>
 void output_transform(const T* m, const float* bias, const T* residual, T* y, bool relu,
                       const Geometry& g, int64_t t_begin, int64_t t_end, int64_t planes) {
-  if constexpr (M == 4) {
-    return output_transform_staged<M, T>(m, bias, residual, y, relu, g, t_begin, t_end, planes);
-  }
+  const auto go = [&](auto with_residual, auto with_relu) {
+    constexpr bool kResidual = decltype(with_residual)::value, kRelu = decltype(with_relu)::value;
+    if constexpr (M == 4) {
+      output_transform_staged<M, kResidual, kRelu, T>(m, bias, residual, y, g, t_begin, t_end,
+                                                      planes);
+    } else {
+      output_transform_registers<M, kResidual, kRelu, T>(m, bias, residual, y, g, t_begin, t_end,
+                                                         planes);
+    }
+  };
   if (residual != nullptr) {
-    relu ? output_transform_registers<M, true, true, T>(m, bias, residual, y, g, t_begin, t_end, planes)
-         : output_transform_registers<M, true, false, T>(m, bias, residual, y, g, t_begin, t_end, planes);
+    relu ? go(std::true_type{}, std::true_type{}) : go(std::true_type{}, std::false_type{});
   } else {
-    relu ? output_transform_registers<M, false, true, T>(m, bias, residual, y, g, t_begin, t_end, planes)
-         : output_transform_registers<M, false, false, T>(m, bias, residual, y, g, t_begin, t_end, planes);
+    relu ? go(std::false_type{}, std::true_type{}) : go(std::false_type{}, std::false_type{});
   }
 }
 
@@ -368,8 +362,8 @@ void output_transform(const T* m, const float* bias, const T* residual, T* y, bo
 // large layer gets its pages from the kernel (glibc maps big blocks anew each time) and faults
 // in, zeroing, every page: in development runs that made bf16 layers at batch 1 1.3-2.4x slower
 // (once glibc's mmap threshold fell back to its floor), enough to lose to the direct conv they
-// beat with reused memory. Requests above kMaxKeptBytes are
-// allocated per call and not kept (at that size the faults are small against the GEMM).
+// beat with reused memory. Requests above kMaxKeptBytes are allocated per call and not kept (at
+// that size the faults are small against the GEMM).
 constexpr int64_t kMaxKeptBytes = int64_t{64} << 20;
 
 enum Slot { kV = 0, kM = 1 };
@@ -410,7 +404,8 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
                const at::Tensor* residual, bool relu, const Geometry& g) {
   constexpr int64_t A = M + 2;
   const auto opts = x.options();
-  at::Tensor y = at::empty({g.n, g.k, g.h, g.w}, opts.memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y =
+      at::empty({g.n, g.k, g.h, g.w}, opts.memory_format(at::MemoryFormat::ChannelsLast));
   const T* xs = x.const_data_ptr<T>();
   const T* r = residual != nullptr ? residual->const_data_ptr<T>() : nullptr;
   const float* b = bias.const_data_ptr<float>();
@@ -455,9 +450,8 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
   constexpr const char* op = "winograd_conv3x3";
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(),
               "-D with sizes ", input.sizes());
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16 ||
-                  input.scalar_type() == at::kHalf,
-              op, ": input must be float32, bfloat16 or float16, got ", input.scalar_type());
+  TORCH_CHECK(is_supported_dtype(input.scalar_type()), op,
+              ": input must be float32, bfloat16 or float16, got ", input.scalar_type());
   TORCH_CHECK(input.device().is_cpu(), op, " (cpu): input must be a CPU tensor");
   TORCH_CHECK(weight.dim() == 3 && (weight.size(0) == 36 || weight.size(0) == 16), op,
               ": weight must be a transformed filter of shape (36, C_in, C_out) for F(4,3) or "
