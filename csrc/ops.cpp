@@ -48,8 +48,9 @@ TORCH_LIBRARY(resnet_fused, m) {
   m.def("global_avg_pool(Tensor input) -> Tensor");
   // A stride-1, padding-1 3x3 conv_bn_act as Winograd F(m, 3) (CPU, csrc/cpu/winograd_cpu.cpp):
   // y = act(conv + bias (+ residual)), channels_last. `weight` is the transformed filter
-  // (resnet_fused/winograd.py): (36, C_in, C_out) for F(4,3), float32 only, or (16, C_in, C_out)
-  // for F(2,3); `bias` is float32.
+  // (resnet_fused/winograd.py): (36, C_in, C_out) for F(4,3), float32 only, (16, C_in, C_out)
+  // for F(2,3), or for bfloat16 F(2,3) that filter pair-packed, (16, ceil(C_in / 2), C_out, 2);
+  // `bias` is float32.
   m.def(
       "winograd_conv3x3(Tensor input, Tensor weight, Tensor bias, Tensor? residual, bool relu) "
       "-> Tensor");

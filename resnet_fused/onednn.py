@@ -187,7 +187,10 @@ class OneDNNConv:
         # The transformed filter: shape-independent, built on first use.
         if self._winograd_filter is None:
             weight, scale, _ = self._source
-            self._winograd_filter = winograd.transform_filter(weight, scale, self.dtype)
+            u = winograd.transform_filter(weight, scale, self.dtype)
+            if winograd.pairs_path(self.dtype, self.in_channels, self.out_channels):
+                u = winograd.pack_filter(u)  # the op would pack it on every call otherwise
+            self._winograd_filter = u
         return self._winograd_filter
 
     def _fold(self) -> Tensor:

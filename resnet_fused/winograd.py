@@ -6,7 +6,8 @@ multiplications: F(4,3) in float32 (1/4), F(2,3) in bfloat16/float16 (4/9), wher
 transform coefficients would take the error past the bf16 bound. The op takes the filter already
 transformed, ``U[ij] = (G g G^T)[ij]`` as an ((m+2)^2, C_in, C_out) tensor, built here once per
 fused conv, with BatchNorm's scale folded in and both steps computed in float64 before the one
-rounding to the compute dtype.
+rounding to the compute dtype. On CPUs with AVX512_BF16 the op runs bfloat16 on its own GEMM;
+:func:`pack_filter` puts the filter in that GEMM's layout once, when a model is fused.
 
 Whether Winograd is faster than oneDNN's direct convolution depends on the shape: with few tiles
 (a 7x7 layer at batch 1) its GEMMs are starved while its filter, (m+2)^2 / 9 times the direct
@@ -20,13 +21,14 @@ one's bytes, must still be read whole. :func:`policy` says how the CPU fast path
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "policy", "tile_size", "tiles",
-           "transform_filter", "worthwhile"]
+__all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "pack_filter", "pairs_available",
+           "pairs_path", "policy", "tile_size", "tiles", "transform_filter", "worthwhile"]
 
 POLICIES = ("auto", "always", "never")
 
@@ -98,9 +100,44 @@ def transform_filter(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tenso
     return u.reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
 
 
+# The CPU features the op's bf16 pipeline (csrc/cpu/winograd_bf16.cpp) needs, as torch's cpuinfo
+# names them; the C++ checks the same ones (gemm_bf16_available).
+_PAIRS_ISA = ("avx512_f", "avx512_bw", "avx512_vl", "avx512_bf16")
+
+
+@functools.cache
+def pairs_available() -> bool:
+    """True on CPUs with AVX512_BF16: there the op runs bfloat16 F(2,3) on its own GEMM, with the
+    filter pair-packed (:func:`pack_filter`) and the GEMM's results kept in float32."""
+    info = torch._C._cpu._get_cpu_capability() if hasattr(torch._C, "_cpu") else {}
+    return all(bool(info.get(flag)) for flag in _PAIRS_ISA)
+
+
+def pairs_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:
+    """True where the op takes its AVX512_BF16 pipeline: bfloat16, C_in even, C_out a multiple
+    of 16, on a CPU with :func:`pairs_available` (elsewhere: the portable transforms and ATen's
+    batched GEMM, a pair-packed filter unpacked on every call)."""
+    return dtype == torch.bfloat16 and c_in % 2 == 0 and c_out % 16 == 0 and pairs_available()
+
+
+def pack_filter(u: Tensor) -> Tensor:
+    """A bfloat16 F(2,3) filter ``(16, C_in, C_out)`` in the op's pair-packed form,
+    ``(16, ceil(C_in / 2), C_out, 2)``: input channels in pairs, each output channel's pair
+    adjacent, as AVX512_BF16's dot product reads them (an odd C_in gets a zero channel). The op
+    takes either form; packed once here, it skips repacking the filter on every call."""
+    if u.dim() != 3 or u.shape[0] != 16 or u.dtype != torch.bfloat16:
+        raise ValueError("pack_filter: u must be a bfloat16 F(2,3) filter of shape (16, C_in, "
+                         f"C_out), got {u.dtype} with shape {tuple(u.shape)}")
+    planes, c_in, c_out = u.shape
+    if c_in % 2:
+        u = torch.cat([u, u.new_zeros(planes, 1, c_out)], dim=1)
+    return u.view(planes, (c_in + 1) // 2, 2, c_out).transpose(2, 3).contiguous()
+
+
 @torch.library.register_fake("resnet_fused::winograd_conv3x3")
 def _winograd_conv3x3_fake(input, weight, bias, residual, relu):
-    torch._check(input.dim() == 4 and weight.dim() == 3, lambda: "winograd_conv3x3: bad ranks")
+    torch._check(input.dim() == 4 and weight.dim() in (3, 4),
+                 lambda: "winograd_conv3x3: bad ranks")
     n, _, h, w = input.shape
     return torch.empty((n, weight.shape[2], h, w), dtype=input.dtype, device=input.device,
                        memory_format=torch.channels_last)

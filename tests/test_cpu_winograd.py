@@ -11,6 +11,9 @@ stride 1, padding 1, from a filter already transformed by ``winograd.transform_f
 * both execution paths of the C++ (float32 blocks of tiles, each transform -> GEMM -> transform
   on its own; or one GEMM over all tiles), shown to run through the GEMM shapes the profiler
   records, and the last, partial block checked on its own pixels;
+* bf16 on AVX512_BF16 CPUs: the op's own pipeline (no ATen GEMM) where ``winograd.pairs_path``
+  says, the pair-packed filter (``pack_filter``) giving the same bits as the plain one, channel
+  and column tails of its vector steps;
 * NaN/inf propagation (ReLU must not turn a NaN into 0), bad arguments named in the error,
   empty and zero-channel tensors, ``opcheck`` and the fake impl;
 * ``transform_filter``, ``policy`` (``RESNET_FUSED_WINOGRAD``) and ``eligible``;
@@ -186,7 +189,9 @@ PATHS = {
     # unblocked: few tiles; a filter over 4 MiB (C = K = 192: 5.3 MiB); not float32
     "unblocked-few-tiles": (1, 64, 64, 8, 8, torch.float32, True),
     "unblocked-big-filter": (2, 192, 192, 24, 24, torch.float32, True),
-    "unblocked-bf16": (2, 64, 64, 40, 40, torch.bfloat16, True),
+    # (bf16 with C_in even and C_out % 16 == 0 takes the AVX512_BF16 pipeline where the CPU has
+    # it: see test_bf16_pairs_path; K = 72 keeps this case on the portable one everywhere)
+    "unblocked-bf16": (2, 64, 72, 40, 40, torch.bfloat16, True),
     "unblocked-fp16": (2, 64, 64, 40, 40, torch.float16, False),
 }
 
@@ -232,6 +237,80 @@ def test_blocked_and_unblocked_paths(name, generator):
         assert last.any() and not last.all()
         pick = last.unsqueeze(1).expand_as(y)
         assert_close(y[pick], ref[pick], dtype, what="partial last block: ")
+
+
+# --- bf16 on AVX512_BF16: the op's own GEMM on a pair-packed filter ------------------------------
+
+# (n, c, k, h, w): every pipeline shape but the first two (odd C_in; C_out not a multiple of 16),
+# with channel tails of the 16-channel transform steps (c = 2, 70, 130), column tails of the
+# GEMM's 64-column blocks (k = 16, 48, 80, 208), tiles per block not multiples of its 6 rows,
+# several blocks with a partial last one (n = 3 at 40x40: 1200 tiles).
+PAIR_CASES = [
+    (2, 5, 16, 6, 7),
+    (2, 8, 24, 6, 6),
+    (1, 2, 16, 3, 3),
+    (2, 16, 48, 17, 17),
+    (3, 70, 80, 9, 7),
+    (1, 130, 208, 6, 6),
+    (3, 64, 64, 40, 40),
+]
+
+
+def pairs_case_id(case) -> str:
+    n, c, k, h, w = case
+    return f"n{n}c{c}k{k}_{h}x{w}"
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("case", PAIR_CASES, ids=pairs_case_id)
+def test_bf16_pairs_path(case, residual, generator):
+    """bf16 takes the AVX512_BF16 pipeline exactly where ``winograd.pairs_path`` says (no ATen
+    GEMM runs; elsewhere the bmm path does), within the bf16 bound; a pair-packed filter gives the
+    same bits as the plain one on either path (packed per call / unpacked per call)."""
+    n, c, k, h, w = case
+    x, weight, scale, shift, res = make_args(generator, n, c, k, h, w, torch.bfloat16, residual)
+    u = winograd.transform_filter(weight, scale, torch.bfloat16)
+    packed = winograd.pack_filter(u)
+    assert packed.shape == (16, (c + 1) // 2, k, 2)
+    y, shapes = bmm_shapes(lambda: OP(x, packed, shift, res, True))
+    if winograd.pairs_path(torch.bfloat16, c, k):
+        assert shapes == [], "the AVX512_BF16 pipeline must not call ATen's bmm"
+    else:
+        assert shapes, "off the pipeline, the portable path's bmm must run"
+    assert torch.equal(y, OP(x, u, shift, res, True))
+    assert_close(y, reference(x, weight, scale, shift, res, True), torch.bfloat16)
+
+
+def test_bf16_pairs_path_relu_nan_and_sign(generator):
+    """The pipeline's epilogue: without ReLU negative outputs survive; with ReLU none is < 0
+    and a NaN input stays NaN in its tile's outputs (ReLU must not clear it)."""
+    n, c, k, h, w = 1, 16, 32, 6, 6
+    x, weight, scale, shift, _ = make_args(generator, n, c, k, h, w, torch.bfloat16, False)
+    u = winograd.pack_filter(winograd.transform_filter(weight, scale, torch.bfloat16))
+    plain = OP(x, u, shift, None, False)
+    assert (plain < 0).any()
+    assert_close(plain, reference(x, weight, scale, shift, None, False), torch.bfloat16)
+    x[0, 3, 2, 2] = float("nan")
+    y = OP(x, u, shift, None, True)
+    assert y[0, :, 2, 2].isnan().all(), "NaN must reach its own pixel in every channel"
+    assert not (y[~y.isnan()] < 0).any()
+
+
+def test_pack_filter_layout(generator):
+    """pack_filter puts U[p, ci, ko] at [p, ci // 2, ko, ci % 2], an odd C_in padded with zeros;
+    only bf16 F(2,3) filters are accepted."""
+    for c in (6, 7):
+        u = torch.randn(16, c, 5, generator=generator).bfloat16()
+        packed = winograd.pack_filter(u)
+        assert packed.shape == (16, (c + 1) // 2, 5, 2) and packed.is_contiguous()
+        ci = torch.arange(c)
+        assert torch.equal(packed[:, ci // 2, :, ci % 2].permute(1, 0, 2), u)
+        if c % 2:
+            assert (packed[:, -1, :, 1] == 0).all()
+    for bad in (torch.randn(16, 4, 5), torch.randn(36, 4, 5).bfloat16(),
+                torch.randn(4, 5).bfloat16()):
+        with pytest.raises(ValueError, match="pack_filter: u must be a bfloat16 F"):
+            winograd.pack_filter(bad)
 
 
 def test_kept_buffers_across_calls(generator):
@@ -343,6 +422,17 @@ def _bad_cases():
                      r"F\(4,3\) \(a 36-plane weight\) is for float32 only"),
         "f43-fp16": (f(lambda x, u, b, r: {"x": x.half(), "u": u.half(), "r": r.half()}),
                      r"F\(4,3\) \(a 36-plane weight\) is for float32 only"),
+        "packed-fp32": (f(lambda x, u, b, r: {"u": u[:16].reshape(16, 4, 16, 2)}),
+                        "a pair-packed weight \\(4-D\\) is for bfloat16 only"),
+        "packed-fp16": (f(lambda x, u, b, r: {"x": x.half(), "r": r.half(),
+                                              "u": u[:16].reshape(16, 4, 16, 2).half()}),
+                        "a pair-packed weight \\(4-D\\) is for bfloat16 only"),
+        "packed-pairs": (f(lambda x, u, b, r: {"x": x.bfloat16(), "r": r.bfloat16(),
+                                               "u": u[:16, :6].reshape(16, 3, 16, 2).bfloat16()}),
+                         "channel pairs .* needs \\(C_in \\+ 1\\) / 2 pairs"),
+        "packed-last-dim": (f(lambda x, u, b, r: {"x": x.bfloat16(), "r": r.bfloat16(),
+                                                  "u": u[:16].reshape(16, 4, 8, 4).bfloat16()}),
+                            "weight must be a transformed filter"),
     }
 
 

@@ -16,12 +16,16 @@
 // would spill, goes through small L1 buffers in stages.
 // The filter transform U = G g G^T happens once, in Python, when a model is fused
 // (resnet_fused/winograd.py), with BatchNorm's scale folded in fp64 first.
+// On CPUs with AVX512_BF16, bf16 with C_in even and C_out a multiple of 16 runs a pipeline of
+// its own instead (winograd_bf16.cpp: intrinsic transforms, this package's GEMM on a pair-packed
+// filter, blocks kept in L2); this file's portable path takes every other case.
 //
 // Numerics: F(4,3)'s transform matrices hold 4s and 8s, which scale rounding errors up (measured
 // on ResNet shapes, fp32 vs fp64: ~2e-6 relative L2, the direct convolution ~2e-7; the op bound
 // is 1e-5). In bf16 those same factors would take F(4,3) past the bf16 bound (~2e-2), so bf16
 // and fp16 use F(2,3), whose matrices hold only 0, +-1 (~5e-3, direct ~3e-3). The transforms
-// compute in fp32; V and M are stored in the compute dtype, the GEMM accumulates in fp32.
+// compute in fp32; V and M are stored in the compute dtype, the GEMM accumulates in fp32 (the
+// AVX512_BF16 pipeline keeps M in fp32).
 //
 // Non-finite inputs stay non-finite, but not always as the direct conv has them: a NaN reaches
 // every output of the tiles whose patches hold it (up to m pixels away, not just its 3x3
@@ -36,10 +40,45 @@
 #include <type_traits>
 
 #include "../checks.h"
+#include "winograd_cpu.h"
 #include "vector_clones.h"
 
 namespace resnet_fused {
+namespace winograd {
+
+// The transformed inputs V and the GEMM results M live in buffers kept per thread and reused
+// from call to call (grown when a call needs more). Freshly allocated instead, every call of a
+// large layer gets its pages from the kernel (glibc maps big blocks anew each time) and faults
+// in, zeroing, every page: in development runs that made bf16 layers at batch 1 1.3-2.4x slower
+// (once glibc's mmap threshold fell back to its floor), enough to lose to the direct conv they
+// beat with reused memory. Requests above kMaxKeptBytes are allocated per call and not kept (at
+// that size the faults are small against the GEMM).
+constexpr int64_t kMaxKeptBytes = int64_t{64} << 20;
+
+at::Tensor scratch(Slot slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  thread_local at::Tensor kept[2];
+  int64_t numel = 1;
+  for (const int64_t size : sizes) numel *= size;
+  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(opts.dtype().toScalarType()));
+  if (bytes > kMaxKeptBytes) return at::empty(sizes, opts);
+  at::Tensor& buffer = kept[slot];
+  if (!buffer.defined() || buffer.numel() < bytes) {
+    buffer = at::empty({std::max<int64_t>(bytes, 1)}, opts.dtype(at::kByte));
+  }
+  return buffer.narrow(0, 0, bytes).view(opts.dtype().toScalarType()).view(sizes);
+}
+
+}  // namespace winograd
+
 namespace {
+
+using winograd::Geometry;
+using winograd::kM;
+using winograd::kV;
+using winograd::scratch;
+using winograd::tile_origin;
+using winograd::TileOrigin;
+
 
 // Channels per transform step: a (m+2)^2 x kChunk fp32 patch (36 x 64 x 4 B = 9 KiB) stays in L1.
 constexpr int64_t kChunk = 64;
@@ -98,22 +137,6 @@ template <int M, int S, int D>
     d[0] = s[0] + s[S] + s[2 * S];
     d[D] = s[S] - s[2 * S] - s[3 * S];
   }
-}
-
-struct Geometry {
-  int64_t n, h, w, c, k;   // batch, height, width (input = output), in/out channels
-  int64_t tiles_h, tiles_w, tiles;
-};
-
-// Where output tile t lies: its image and its top-left output pixel (its input patch starts one
-// pixel up and left, in the padding for the first row and column).
-struct TileOrigin {
-  int64_t image, y, x;
-};
-
-template <int M>
-[[gnu::always_inline]] inline TileOrigin tile_origin(const Geometry& g, int64_t t) {
-  return {t / (g.tiles_h * g.tiles_w), (t / g.tiles_w) % g.tiles_h * M, t % g.tiles_w * M};
 }
 
 // Zeros to read in place of the padding, and a sink for outputs past the image's edge: the
@@ -357,32 +380,6 @@ void output_transform(const T* m, const float* bias, const T* residual, T* y, bo
   }
 }
 
-// The transformed inputs V and the GEMM results M live in buffers kept per thread and reused
-// from call to call (grown when a call needs more). Freshly allocated instead, every call of a
-// large layer gets its pages from the kernel (glibc maps big blocks anew each time) and faults
-// in, zeroing, every page: in development runs that made bf16 layers at batch 1 1.3-2.4x slower
-// (once glibc's mmap threshold fell back to its floor), enough to lose to the direct conv they
-// beat with reused memory. Requests above kMaxKeptBytes are allocated per call and not kept (at
-// that size the faults are small against the GEMM).
-constexpr int64_t kMaxKeptBytes = int64_t{64} << 20;
-
-enum Slot { kV = 0, kM = 1 };
-
-// A (sizes) tensor of `dtype` in this thread's buffer `slot`; valid until this thread asks for the
-// same slot again.
-at::Tensor scratch(Slot slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  thread_local at::Tensor kept[2];
-  int64_t numel = 1;
-  for (const int64_t size : sizes) numel *= size;
-  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(opts.dtype().toScalarType()));
-  if (bytes > kMaxKeptBytes) return at::empty(sizes, opts);
-  at::Tensor& buffer = kept[slot];
-  if (!buffer.defined() || buffer.numel() < bytes) {
-    buffer = at::empty({std::max<int64_t>(bytes, 1)}, opts.dtype(at::kByte));
-  }
-  return buffer.narrow(0, 0, bytes).view(opts.dtype().toScalarType()).view(sizes);
-}
-
 // Tiles per parallel transform task when one GEMM covers every tile: enough work per task to
 // amortize the scheduling, enough tasks for every thread at batch 1 of a 14x14 layer.
 constexpr int64_t kTilesPerTask = 4;
@@ -444,6 +441,16 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
   return y;
 }
 
+// (16, C, K) -> pair-packed (16, C/2, K, 2) for even C, and back (dropping a zero pad channel).
+at::Tensor pack_pairs(const at::Tensor& u) {
+  return u.view({u.size(0), u.size(1) / 2, 2, u.size(2)}).transpose(2, 3).contiguous();
+}
+
+at::Tensor unpack_pairs(const at::Tensor& u, int64_t c) {
+  return u.transpose(2, 3).reshape({u.size(0), 2 * u.size(1), u.size(2)}).narrow(1, 0, c)
+      .contiguous();
+}
+
 at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
                                 const at::Tensor& bias, const std::optional<at::Tensor>& residual,
                                 bool relu) {
@@ -453,14 +460,23 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
   TORCH_CHECK(is_supported_dtype(input.scalar_type()), op,
               ": input must be float32, bfloat16 or float16, got ", input.scalar_type());
   TORCH_CHECK(input.device().is_cpu(), op, " (cpu): input must be a CPU tensor");
-  TORCH_CHECK(weight.dim() == 3 && (weight.size(0) == 36 || weight.size(0) == 16), op,
-              ": weight must be a transformed filter of shape (36, C_in, C_out) for F(4,3) or "
-              "(16, C_in, C_out) for F(2,3), got sizes ", weight.sizes());
+  // (P, C_in, C_out), or bf16 F(2,3)'s pair-packed form (16, ceil(C_in / 2), C_out, 2).
+  const bool packed = weight.dim() == 4;
+  TORCH_CHECK((weight.dim() == 3 && (weight.size(0) == 36 || weight.size(0) == 16)) ||
+                  (packed && weight.size(0) == 16 && weight.size(3) == 2),
+              op, ": weight must be a transformed filter of shape (36, C_in, C_out) for F(4,3), "
+              "(16, C_in, C_out) for F(2,3), or (16, ceil(C_in / 2), C_out, 2) pair-packed for "
+              "bfloat16 F(2,3), got sizes ", weight.sizes());
   TORCH_CHECK(weight.scalar_type() == input.scalar_type() && weight.device().is_cpu(), op,
               ": weight must be a CPU tensor of input's dtype (", input.scalar_type(), "), got ",
               weight.scalar_type(), " on ", weight.device());
-  TORCH_CHECK(weight.size(1) == input.size(1), op, ": weight has ", weight.size(1),
-              " input channels (dim 1), input has ", input.size(1));
+  TORCH_CHECK(!packed || input.scalar_type() == at::kBFloat16, op,
+              ": a pair-packed weight (4-D) is for bfloat16 only, input is ",
+              input.scalar_type());
+  const int64_t weight_channels = packed ? (input.size(1) + 1) / 2 : input.size(1);
+  TORCH_CHECK(weight.size(1) == weight_channels, op, ": weight has ", weight.size(1),
+              packed ? " channel pairs" : " input channels", " (dim 1), input has ",
+              input.size(1), " channels", packed ? ", needs (C_in + 1) / 2 pairs" : "");
   const int64_t k = weight.size(2);
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == k && bias.scalar_type() == at::kFloat &&
                   bias.device().is_cpu(),
@@ -498,8 +514,13 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
     return y.to(input.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
   }
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor u = weight.contiguous();
+  at::Tensor u = weight.contiguous();
   const at::Tensor b = bias.contiguous();
+  if (input.scalar_type() == at::kBFloat16 && g.c % 2 == 0 && k % 16 == 0 &&
+      winograd::bf16_pairs_available()) {
+    return winograd::run_bf16_pairs(x, packed ? u : pack_pairs(u), b, res, relu, g);
+  }
+  if (packed) u = unpack_pairs(u, g.c);
   const auto go = [&](auto zero) {
     using T = decltype(zero);
     if constexpr (std::is_same_v<T, float>) {
