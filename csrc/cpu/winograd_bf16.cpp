@@ -188,10 +188,8 @@ at::Tensor run_bf16_pairs(const at::Tensor& x, const at::Tensor& u, const at::Te
     for (int64_t i = begin; i < end; ++i) {
       const int64_t t0 = i * block, t1 = std::min(g.tiles, t0 + block), tb = t1 - t0;
       if (tb <= 0) continue;
-      at::Tensor vb = scratch(kV, {kPlanes, tb, g.c}, opts);
-      at::Tensor mb = scratch(kM, {kPlanes, tb, g.k}, opts.dtype(at::kFloat));
-      auto* v = vb.mutable_data_ptr<c10::BFloat16>();
-      float* m = mb.mutable_data_ptr<float>();
+      auto* v = static_cast<c10::BFloat16*>(scratch_bytes(kV, kPlanes * tb * g.c * 2));
+      auto* m = static_cast<float*>(scratch_bytes(kM, kPlanes * tb * g.k * 4));
       input_transform(xs, reinterpret_cast<uint16_t*>(v), g, t0, t1);
       for (int64_t p = 0; p < kPlanes; ++p) {
         gemm_bf16_pairs(v + p * tb * g.c, tb, g.c, us + p * g.c * g.k, g.c, g.k,

@@ -55,17 +55,32 @@ namespace winograd {
 // that size the faults are small against the GEMM).
 constexpr int64_t kMaxKeptBytes = int64_t{64} << 20;
 
-at::Tensor scratch(Slot slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
+namespace {
+
+// This thread's byte buffer `slot`, grown to at least `bytes`.
+at::Tensor& kept_buffer(Slot slot, int64_t bytes) {
   thread_local at::Tensor kept[2];
+  at::Tensor& buffer = kept[slot];
+  if (!buffer.defined() || buffer.numel() < bytes) {
+    buffer = at::empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte));
+  }
+  return buffer;
+}
+
+}  // namespace
+
+at::Tensor scratch(Slot slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
   int64_t numel = 1;
   for (const int64_t size : sizes) numel *= size;
   const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(opts.dtype().toScalarType()));
   if (bytes > kMaxKeptBytes) return at::empty(sizes, opts);
-  at::Tensor& buffer = kept[slot];
-  if (!buffer.defined() || buffer.numel() < bytes) {
-    buffer = at::empty({std::max<int64_t>(bytes, 1)}, opts.dtype(at::kByte));
-  }
-  return buffer.narrow(0, 0, bytes).view(opts.dtype().toScalarType()).view(sizes);
+  return kept_buffer(slot, bytes).narrow(0, 0, bytes).view(opts.dtype().toScalarType()).view(sizes);
+}
+
+void* scratch_bytes(Slot slot, int64_t bytes) {
+  TORCH_CHECK(bytes <= kMaxKeptBytes, "scratch_bytes: ", bytes, " bytes asked, at most ",
+              kMaxKeptBytes, " are kept");
+  return kept_buffer(slot, bytes).data_ptr();
 }
 
 }  // namespace winograd

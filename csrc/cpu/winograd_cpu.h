@@ -31,6 +31,10 @@ enum Slot { kV = 0, kM = 1 };
 // winograd_cpu.cpp); valid until this thread asks for the same slot again.
 at::Tensor scratch(Slot slot, at::IntArrayRef sizes, const at::TensorOptions& opts);
 
+// The same buffer as raw memory of at least `bytes` (at most 64 MiB), with no tensor made: for
+// loops that ask for it once per block of tiles.
+void* scratch_bytes(Slot slot, int64_t bytes);
+
 // True where run_bf16_pairs runs: a CPU with AVX512_BF16 (and a build for it).
 bool bf16_pairs_available();
 
