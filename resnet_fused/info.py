@@ -75,7 +75,7 @@ def _winograd_row() -> str:
         return f"invalid setting: {err}"
     meaning = {"auto": f"3x3 stride-1 convs with >= {winograd.MIN_TILES} output tiles",
                "always": "every 3x3 stride-1 conv", "never": "off"}[rule]
-    bf16_gemm = ("own AVX512_BF16 GEMM" if winograd.pairs_available()
-                 else "ATen's GEMM (no AVX512_BF16)")
+    gemm = ("AVX-512 pipelines with their own GEMM for float32/bfloat16" if
+            winograd.pipelines_available() else "ATen's GEMM (no AVX512_BF16)")
     return (f"{rule} (RESNET_FUSED_WINOGRAD): {meaning}; F(4,3) in float32, F(2,3) in "
-            f"bfloat16 ({bf16_gemm}) and float16")
+            f"bfloat16/float16; {gemm}")

@@ -188,7 +188,8 @@ class OneDNNConv:
         if self._winograd_filter is None:
             weight, scale, _ = self._source
             u = winograd.transform_filter(weight, scale, self.dtype)
-            if winograd.pairs_path(self.dtype, self.in_channels, self.out_channels):
+            if self.dtype == torch.bfloat16 and winograd.pipeline_path(
+                    self.dtype, self.in_channels, self.out_channels):
                 u = winograd.pack_filter(u)  # the op would pack it on every call otherwise
             self._winograd_filter = u
         return self._winograd_filter

@@ -6,8 +6,9 @@ multiplications: F(4,3) in float32 (1/4), F(2,3) in bfloat16/float16 (4/9), wher
 transform coefficients would take the error past the bf16 bound. The op takes the filter already
 transformed, ``U[ij] = (G g G^T)[ij]`` as an ((m+2)^2, C_in, C_out) tensor, built here once per
 fused conv, with BatchNorm's scale folded in and both steps computed in float64 before the one
-rounding to the compute dtype. On CPUs with AVX512_BF16 the op runs bfloat16 on its own GEMM;
-:func:`pack_filter` puts the filter in that GEMM's layout once, when a model is fused.
+rounding to the compute dtype. On CPUs with AVX512_BF16 the op runs AVX-512 pipelines with
+their own GEMM (:func:`pipeline_path`); :func:`pack_filter` puts a bfloat16 filter in that GEMM's
+layout once, when a model is fused.
 
 Whether Winograd is faster than oneDNN's direct convolution depends on the shape: with few tiles
 (a 7x7 layer at batch 1) its GEMMs are starved while its filter, (m+2)^2 / 9 times the direct
@@ -27,8 +28,8 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "pack_filter", "pairs_available",
-           "pairs_path", "policy", "tile_size", "tiles", "transform_filter", "worthwhile"]
+__all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "pack_filter", "pipeline_path",
+           "pipelines_available", "policy", "tile_size", "tiles", "transform_filter", "worthwhile"]
 
 POLICIES = ("auto", "always", "never")
 
@@ -100,24 +101,28 @@ def transform_filter(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tenso
     return u.reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
 
 
-# The CPU features the op's bf16 pipeline (csrc/cpu/winograd_bf16.cpp) needs, as torch's cpuinfo
-# names them; the C++ checks the same ones (gemm_bf16_available).
-_PAIRS_ISA = ("avx512_f", "avx512_bw", "avx512_vl", "avx512_bf16")
+# The CPU features the op's AVX-512 pipelines (csrc/cpu/winograd_avx512.cpp) need, as torch's
+# cpuinfo names them; the C++ checks the same ones (avx512_bf16_available).
+_PIPELINE_ISA = ("avx512_f", "avx512_bw", "avx512_vl", "avx512_bf16")
 
 
 @functools.cache
-def pairs_available() -> bool:
-    """True on CPUs with AVX512_BF16: there the op runs bfloat16 F(2,3) on its own GEMM, with the
-    filter pair-packed (:func:`pack_filter`) and the GEMM's results kept in float32."""
+def pipelines_available() -> bool:
+    """True on CPUs with AVX512_BF16: there the op runs bfloat16 F(2,3) and float32 F(4,3) on
+    its own AVX-512 pipelines (intrinsic transforms, its own GEMM, blocks of tiles kept in cache,
+    the GEMM's results kept in float32)."""
     info = torch._C._cpu._get_cpu_capability() if hasattr(torch._C, "_cpu") else {}
-    return all(bool(info.get(flag)) for flag in _PAIRS_ISA)
+    return all(bool(info.get(flag)) for flag in _PIPELINE_ISA)
 
 
-def pairs_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:
-    """True where the op takes its AVX512_BF16 pipeline: bfloat16, C_in even, C_out a multiple
-    of 16, on a CPU with :func:`pairs_available` (elsewhere: the portable transforms and ATen's
-    batched GEMM, a pair-packed filter unpacked on every call)."""
-    return dtype == torch.bfloat16 and c_in % 2 == 0 and c_out % 16 == 0 and pairs_available()
+def pipeline_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:
+    """True where the op takes an AVX-512 pipeline for a :func:`transform_filter` filter of this
+    dtype: float32, or bfloat16 with C_in even; C_out a multiple of 16; on a CPU with
+    :func:`pipelines_available`. Elsewhere (and for float16): the portable transforms and ATen's
+    batched GEMM (a pair-packed filter unpacked on every call)."""
+    if c_out % 16 or not pipelines_available():
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and c_in % 2 == 0)
 
 
 def pack_filter(u: Tensor) -> Tensor:

@@ -11,9 +11,9 @@ stride 1, padding 1, from a filter already transformed by ``winograd.transform_f
 * both execution paths of the C++ (float32 blocks of tiles, each transform -> GEMM -> transform
   on its own; or one GEMM over all tiles), shown to run through the GEMM shapes the profiler
   records, and the last, partial block checked on its own pixels;
-* bf16 on AVX512_BF16 CPUs: the op's own pipeline (no ATen GEMM) where ``winograd.pairs_path``
-  says, the pair-packed filter (``pack_filter``) giving the same bits as the plain one, channel
-  and column tails of its vector steps;
+* the AVX-512 pipelines (CPUs with AVX512_BF16; fp32 and bf16): taken (no ATen GEMM) exactly
+  where ``winograd.pipeline_path`` says, the pair-packed bf16 filter (``pack_filter``) giving the
+  same bits as the plain one, channel and column tails of their vector steps;
 * NaN/inf propagation (ReLU must not turn a NaN into 0), bad arguments named in the error,
   empty and zero-channel tensors, ``opcheck`` and the fake impl;
 * ``transform_filter``, ``policy`` (``RESNET_FUSED_WINOGRAD``) and ``eligible``;
@@ -173,24 +173,23 @@ def plan(n, c, k, h, w, dtype, tile):
 def batch_for_blocks(c, k, h, w):
     """The smallest batch >= 2 that takes the float32 F(4,3) blocked path on this machine's thread
     count with a last block that is partial."""
-    n = 2
-    while True:
+    for n in range(2, 65):
         blocked, block, tiles = plan(n, c, k, h, w, torch.float32, 4)
         if blocked and tiles % block:
             return n
-        n += 1
+    raise AssertionError(f"no batch <= 64 gives C={c} K={k} {h}x{w} a partial last block")
 
 
+# C_out not a multiple of 16 keeps every case on the portable path on any CPU (the AVX-512
+# pipelines take the others where the CPU has them: see test_avx512_pipelines).
 PATHS = {
     # blocked: float32, filter <= 4 MiB, >= 2 blocks per thread
-    "blocked-c64k64": (None, 64, 64, 40, 40, torch.float32, True),
-    "blocked-c32k80-odd": (None, 32, 80, 37, 30, torch.float32, False),
+    "blocked-c64k72": (None, 64, 72, 42, 42, torch.float32, True),
+    "blocked-c32k84-odd": (None, 32, 84, 37, 30, torch.float32, False),
     "blocked-c130k130": (None, 130, 130, 20, 21, torch.float32, True),
-    # unblocked: few tiles; a filter over 4 MiB (C = K = 192: 5.3 MiB); not float32
-    "unblocked-few-tiles": (1, 64, 64, 8, 8, torch.float32, True),
-    "unblocked-big-filter": (2, 192, 192, 24, 24, torch.float32, True),
-    # (bf16 with C_in even and C_out % 16 == 0 takes the AVX512_BF16 pipeline where the CPU has
-    # it: see test_bf16_pairs_path; K = 72 keeps this case on the portable one everywhere)
+    # unblocked: few tiles; a filter over 4 MiB (C = 192, K = 200: 5.5 MiB); not float32
+    "unblocked-few-tiles": (1, 64, 72, 8, 8, torch.float32, True),
+    "unblocked-big-filter": (2, 192, 200, 24, 24, torch.float32, True),
     "unblocked-bf16": (2, 64, 72, 40, 40, torch.bfloat16, True),
     "unblocked-fp16": (2, 64, 64, 40, 40, torch.float16, False),
 }
@@ -239,13 +238,15 @@ def test_blocked_and_unblocked_paths(name, generator):
         assert_close(y[pick], ref[pick], dtype, what="partial last block: ")
 
 
-# --- bf16 on AVX512_BF16: the op's own GEMM on a pair-packed filter ------------------------------
+# --- the AVX-512 pipelines: the op's own transforms and GEMM, blocks kept in cache --------------
 
-# (n, c, k, h, w): every pipeline shape but the first two (odd C_in; C_out not a multiple of 16),
-# with channel tails of the 16-channel transform steps (c = 2, 70, 130), column tails of the
-# GEMM's 64-column blocks (k = 16, 48, 80, 208), tiles per block not multiples of its 6 rows,
-# several blocks with a partial last one (n = 3 at 40x40: 1200 tiles).
-PAIR_CASES = [
+# (n, c, k, h, w): pipeline shapes (where the CPU has them) and the shapes next to them that
+# are not (C_out not a multiple of 16; bf16: odd C_in), with channel tails of the 16-channel
+# transform steps (c = 2, 5, 70, 130), column tails of the GEMM's 64-column blocks (k = 16, 48,
+# 80, 208), tiles per block not multiples of its 6 rows, several blocks with a partial last one
+# (n = 3 at 40x40), and filters over 4 MiB, which run each step over all tiles instead of in
+# blocks (c = k = 192 in fp32: 5.3 MiB; c = k = 400: 5.1 MiB in bf16, 20.6 MiB in fp32).
+PIPELINE_CASES = [
     (2, 5, 16, 6, 7),
     (2, 8, 24, 6, 6),
     (1, 2, 16, 3, 3),
@@ -253,43 +254,49 @@ PAIR_CASES = [
     (3, 70, 80, 9, 7),
     (1, 130, 208, 6, 6),
     (3, 64, 64, 40, 40),
+    (1, 192, 192, 8, 8),
+    (2, 400, 400, 7, 9),
 ]
 
 
-def pairs_case_id(case) -> str:
+def pipeline_case_id(case) -> str:
     n, c, k, h, w = case
     return f"n{n}c{c}k{k}_{h}x{w}"
 
 
 @pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
-@pytest.mark.parametrize("case", PAIR_CASES, ids=pairs_case_id)
-def test_bf16_pairs_path(case, residual, generator):
-    """bf16 takes the AVX512_BF16 pipeline exactly where ``winograd.pairs_path`` says (no ATen
-    GEMM runs; elsewhere the bmm path does), within the bf16 bound; a pair-packed filter gives the
-    same bits as the plain one on either path (packed per call / unpacked per call)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("case", PIPELINE_CASES, ids=pipeline_case_id)
+def test_avx512_pipelines(case, dtype, residual, generator):
+    """The op takes an AVX-512 pipeline exactly where ``winograd.pipeline_path`` says (no ATen
+    GEMM runs; elsewhere the portable path's bmm does), within the dtype's bound; in bf16 a
+    pair-packed filter gives the same bits as the plain one on either path (packed per call /
+    unpacked per call)."""
     n, c, k, h, w = case
-    x, weight, scale, shift, res = make_args(generator, n, c, k, h, w, torch.bfloat16, residual)
-    u = winograd.transform_filter(weight, scale, torch.bfloat16)
-    packed = winograd.pack_filter(u)
-    assert packed.shape == (16, (c + 1) // 2, k, 2)
-    y, shapes = bmm_shapes(lambda: OP(x, packed, shift, res, True))
-    if winograd.pairs_path(torch.bfloat16, c, k):
-        assert shapes == [], "the AVX512_BF16 pipeline must not call ATen's bmm"
+    x, weight, scale, shift, res = make_args(generator, n, c, k, h, w, dtype, residual)
+    u = winograd.transform_filter(weight, scale, dtype)
+    y, shapes = bmm_shapes(lambda: OP(x, u, shift, res, True))
+    if winograd.pipeline_path(dtype, c, k):
+        assert shapes == [], "an AVX-512 pipeline must not call ATen's bmm"
     else:
-        assert shapes, "off the pipeline, the portable path's bmm must run"
-    assert torch.equal(y, OP(x, u, shift, res, True))
-    assert_close(y, reference(x, weight, scale, shift, res, True), torch.bfloat16)
+        assert shapes, "off the pipelines, the portable path's bmm must run"
+    assert_close(y, reference(x, weight, scale, shift, res, True), dtype)
+    if dtype == torch.bfloat16:
+        packed = winograd.pack_filter(u)
+        assert packed.shape == (16, (c + 1) // 2, k, 2)
+        assert torch.equal(OP(x, packed, shift, res, True), y)
 
 
-def test_bf16_pairs_path_relu_nan_and_sign(generator):
-    """The pipeline's epilogue: without ReLU negative outputs survive; with ReLU none is < 0
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_avx512_pipeline_relu_and_nan(dtype, generator):
+    """The pipelines' epilogue: without ReLU negative outputs survive; with ReLU none is < 0
     and a NaN input stays NaN in its tile's outputs (ReLU must not clear it)."""
-    n, c, k, h, w = 1, 16, 32, 6, 6
-    x, weight, scale, shift, _ = make_args(generator, n, c, k, h, w, torch.bfloat16, False)
-    u = winograd.pack_filter(winograd.transform_filter(weight, scale, torch.bfloat16))
+    n, c, k, h, w = 1, 16, 32, 8, 8
+    x, weight, scale, shift, _ = make_args(generator, n, c, k, h, w, dtype, False)
+    u = winograd.transform_filter(weight, scale, dtype)
     plain = OP(x, u, shift, None, False)
     assert (plain < 0).any()
-    assert_close(plain, reference(x, weight, scale, shift, None, False), torch.bfloat16)
+    assert_close(plain, reference(x, weight, scale, shift, None, False), dtype)
     x[0, 3, 2, 2] = float("nan")
     y = OP(x, u, shift, None, True)
     assert y[0, :, 2, 2].isnan().all(), "NaN must reach its own pixel in every channel"

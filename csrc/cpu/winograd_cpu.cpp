@@ -16,16 +16,16 @@
 // would spill, goes through small L1 buffers in stages.
 // The filter transform U = G g G^T happens once, in Python, when a model is fused
 // (resnet_fused/winograd.py), with BatchNorm's scale folded in fp64 first.
-// On CPUs with AVX512_BF16, bf16 with C_in even and C_out a multiple of 16 runs a pipeline of
-// its own instead (winograd_bf16.cpp: intrinsic transforms, this package's GEMM on a pair-packed
-// filter, blocks kept in L2); this file's portable path takes every other case.
+// On CPUs with AVX512_BF16, C_out a multiple of 16 (and for bf16 C_in even) runs a pipeline of
+// its own instead (winograd_avx512.cpp: intrinsic transforms, this
+// package's GEMM, blocks kept in L2); this file's portable path takes every other case.
 //
 // Numerics: F(4,3)'s transform matrices hold 4s and 8s, which scale rounding errors up (measured
 // on ResNet shapes, fp32 vs fp64: ~2e-6 relative L2, the direct convolution ~2e-7; the op bound
 // is 1e-5). In bf16 those same factors would take F(4,3) past the bf16 bound (~2e-2), so bf16
 // and fp16 use F(2,3), whose matrices hold only 0, +-1 (~5e-3, direct ~3e-3). The transforms
 // compute in fp32; V and M are stored in the compute dtype, the GEMM accumulates in fp32 (the
-// AVX512_BF16 pipeline keeps M in fp32).
+// AVX-512 pipelines keep M in fp32).
 //
 // Non-finite inputs stay non-finite, but not always as the direct conv has them: a NaN reaches
 // every output of the tiles whose patches hold it (up to m pixels away, not just its 3x3
@@ -531,9 +531,14 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor u = weight.contiguous();
   const at::Tensor b = bias.contiguous();
-  if (input.scalar_type() == at::kBFloat16 && g.c % 2 == 0 && k % 16 == 0 &&
-      winograd::bf16_pairs_available()) {
-    return winograd::run_bf16_pairs(x, packed ? u : pack_pairs(u), b, res, relu, g);
+  if (k % 16 == 0) {  // the AVX-512 pipelines, where this CPU has them (winograd_avx512.cpp)
+    if (input.scalar_type() == at::kBFloat16 && g.c % 2 == 0 &&
+        winograd::bf16_pipeline_available()) {
+      return winograd::run_bf16_pipeline(x, packed ? u : pack_pairs(u), b, res, relu, g);
+    }
+    if (input.scalar_type() == at::kFloat && m == 4 && winograd::f32_pipeline_available()) {
+      return winograd::run_f32_pipeline(x, u, b, res, relu, g);
+    }
   }
   if (packed) u = unpack_pairs(u, g.c);
   const auto go = [&](auto zero) {

@@ -1,5 +1,5 @@
 // What the Winograd op (winograd_cpu.cpp) shares with its AVX512_BF16 pipeline
-// (winograd_bf16.cpp): the layer's geometry, where a tile lies, the per-thread scratch buffers.
+// (winograd_avx512.cpp): the layer's geometry, where a tile lies, the per-thread scratch buffers.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,12 +35,18 @@ at::Tensor scratch(Slot slot, at::IntArrayRef sizes, const at::TensorOptions& op
 // loops that ask for it once per block of tiles.
 void* scratch_bytes(Slot slot, int64_t bytes);
 
-// True where run_bf16_pairs runs: a CPU with AVX512_BF16 (and a build for it).
-bool bf16_pairs_available();
+// The AVX-512 pipelines (winograd_avx512.cpp): true where they run (a CPU with AVX512_BF16 and
+// a build for it).
+bool bf16_pipeline_available();
+bool f32_pipeline_available();
 
 // bf16 F(2,3) for channels_last x with C even and K a multiple of 16, filter u pair-packed
 // (16, C/2, K, 2); residual (if not null) channels_last of the output's shape.
-at::Tensor run_bf16_pairs(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
-                          const at::Tensor* residual, bool relu, const Geometry& g);
+at::Tensor run_bf16_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+                             const at::Tensor* residual, bool relu, const Geometry& g);
+
+// fp32 F(4,3) for channels_last x with K a multiple of 16, filter u (36, C, K).
+at::Tensor run_f32_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+                            const at::Tensor* residual, bool relu, const Geometry& g);
 
 }  // namespace resnet_fused::winograd

@@ -1,0 +1,346 @@
+// Winograd on AVX-512 CPUs: the pipelines the op (winograd_cpu.cpp) runs there for C_out a
+// multiple of 16 (all of ResNet's layers): bf16 F(2,3) with AVX512_BF16 (C_in even), and fp32
+// F(4,3) with AVX512F where the filter fits the caches (see winograd_cpu.cpp's dispatch).
+//
+// Against the portable path (transforms in plain loops, ATen's bmm in between):
+// * the GEMM is this package's (gemm_avx512.cpp) on the filter as fused (bf16: pair-packed once
+//   when the model was fused, where ATen's bf16 GEMM (oneDNN) packs the filter again on every
+//   call), so it can run on blocks of tiles small enough to stay in L2 between the three steps:
+//   V and M never go to memory;
+// * M stays fp32 (the portable bf16 path rounds it to bf16 for ATen's GEMM): one rounding fewer;
+// * the transforms are written with AVX-512 intrinsics, 16 channels per register; bf16 converts
+//   with vcvtneps2bf16 (round to nearest even in one instruction, where the portable loops
+//   round bit by bit), and GCC compiles the portable loops 8 floats wide. In development
+//   profiles (perf, batch 8, 64 channels, 56x56, 1 thread) the portable transforms took ~45%
+//   (bf16, with this GEMM) and ~30% (fp32, with ATen's) of the op.
+//
+// Numerics as the portable path: transforms in fp32, V in the compute dtype, GEMM accumulating
+// in fp32; the output transform and the epilogue in fp32 and one rounding to the output dtype.
+// The AVX512_BF16 instructions flush denormal inputs and results to zero (they ignore MXCSR);
+// NaN stays NaN.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "gemm_avx512.h"
+#include "winograd_cpu.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RESNET_FUSED_HAS_WINOGRAD_AVX512 1
+#include <immintrin.h>
+#endif
+
+namespace resnet_fused::winograd {
+
+#ifdef RESNET_FUSED_HAS_WINOGRAD_AVX512
+namespace {
+
+constexpr int64_t kLanes = 16;  // fp32 values (channels) per register
+constexpr __mmask16 kAll = 0xFFFF;
+
+__mmask16 tail_mask(int64_t n) {  // the first min(n, 16) lanes
+  return n >= kLanes ? kAll : static_cast<__mmask16>((uint32_t{1} << n) - 1);
+}
+
+// Loads and stores of 16 channels as fp32 registers, masked to the first lanes of `mask`.
+[[gnu::always_inline]] RESNET_FUSED_AVX512_BF16 inline __m512 load16(const c10::BFloat16* p,
+                                                                     __mmask16 mask) {
+  // bf16 -> fp32 is exact: the 16 bits become the top half of the float. (The maskz forms:
+  // the plain ones start from an "undefined" register, which GCC 12 warns about.)
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(kAll, _mm256_maskz_loadu_epi16(mask, p));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, wide, 16));
+}
+
+[[gnu::always_inline]] RESNET_FUSED_AVX512_BF16 inline void store16(c10::BFloat16* p, __m512 v,
+                                                                    __mmask16 mask) {
+  _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+[[gnu::always_inline]] RESNET_FUSED_AVX512 inline __m512 load16(const float* p, __mmask16 mask) {
+  return _mm512_maskz_loadu_ps(mask, p);
+}
+
+[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void store16(float* p, __m512 v,
+                                                               __mmask16 mask) {
+  _mm512_mask_storeu_ps(p, mask, v);
+}
+
+// F(2,3)'s B^T and A^T along one axis, on registers s[0], s[S], ... (same matrices and order of
+// operations as input_1d/output_1d in winograd_cpu.cpp).
+template <int S, int D>
+[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void input_1d_f23(const __m512* s, __m512* d) {
+  d[0] = _mm512_sub_ps(s[0], s[2 * S]);
+  d[D] = _mm512_add_ps(s[S], s[2 * S]);
+  d[2 * D] = _mm512_sub_ps(s[2 * S], s[S]);
+  d[3 * D] = _mm512_sub_ps(s[S], s[3 * S]);
+}
+
+template <int S, int D>
+[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void output_1d_f23(const __m512* s, __m512* d) {
+  d[0] = _mm512_add_ps(_mm512_add_ps(s[0], s[S]), s[2 * S]);
+  d[D] = _mm512_sub_ps(_mm512_sub_ps(s[S], s[2 * S]), s[3 * S]);
+}
+
+// F(4,3)'s, interpolation points 0, +-1, +-2.
+template <int S, int D>
+[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void input_1d_f43(const __m512* s, __m512* d) {
+  const __m512 two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f);
+  const __m512 s4_s2 = _mm512_sub_ps(s[4 * S], s[2 * S]);  // s4 - s2
+  d[0] = _mm512_add_ps(_mm512_fnmadd_ps(five, s[2 * S], _mm512_mul_ps(four, s[0])), s[4 * S]);
+  d[D] = _mm512_add_ps(_mm512_fnmadd_ps(four, _mm512_add_ps(s[S], s[2 * S]), s[3 * S]), s[4 * S]);
+  d[2 * D] = _mm512_fmadd_ps(four, _mm512_sub_ps(s[S], s[2 * S]), _mm512_sub_ps(s[4 * S], s[3 * S]));
+  d[3 * D] = _mm512_fmadd_ps(two, _mm512_sub_ps(s[3 * S], s[S]), s4_s2);
+  d[4 * D] = _mm512_fmadd_ps(two, _mm512_sub_ps(s[S], s[3 * S]), s4_s2);
+  d[5 * D] = _mm512_add_ps(_mm512_fnmadd_ps(five, s[3 * S], _mm512_mul_ps(four, s[S])), s[5 * S]);
+}
+
+template <int S, int D>
+[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void output_1d_f43(const __m512* s, __m512* d) {
+  const __m512 p12 = _mm512_add_ps(s[S], s[2 * S]), m12 = _mm512_sub_ps(s[S], s[2 * S]);
+  const __m512 p34 = _mm512_add_ps(s[3 * S], s[4 * S]), m34 = _mm512_sub_ps(s[3 * S], s[4 * S]);
+  d[0] = _mm512_add_ps(_mm512_add_ps(s[0], p12), p34);
+  d[D] = _mm512_fmadd_ps(_mm512_set1_ps(2.f), m34, m12);
+  d[2 * D] = _mm512_fmadd_ps(_mm512_set1_ps(4.f), p34, p12);
+  d[3 * D] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.f), m34, m12), s[5 * S]);
+}
+
+// One pipeline's dtype, tile and transforms: T the activations' (and V's) type, M the output
+// tile edge, the 1-D transforms, and the GEMM.
+struct Bf16F23 {
+  using T = c10::BFloat16;
+  static constexpr int M = 2;
+  template <int S, int D>
+  [[gnu::always_inline]] RESNET_FUSED_AVX512 static void input_1d(const __m512* s, __m512* d) {
+    input_1d_f23<S, D>(s, d);
+  }
+  template <int S, int D>
+  [[gnu::always_inline]] RESNET_FUSED_AVX512 static void output_1d(const __m512* s, __m512* d) {
+    output_1d_f23<S, D>(s, d);
+  }
+  // out[:, col:col + n] = a @ u[:, col:col + n] for a (rows x C) and the plane u (C x K).
+  static void gemm(const T* a, int64_t rows, const T* u, int64_t col, int64_t n,
+                   const Geometry& g, float* out) {
+    gemm_bf16_pairs(a, rows, g.c, u + 2 * col, g.k, g.c, n, out + col, g.k);
+  }
+};
+
+struct F32F43 {
+  using T = float;
+  static constexpr int M = 4;
+  template <int S, int D>
+  [[gnu::always_inline]] RESNET_FUSED_AVX512 static void input_1d(const __m512* s, __m512* d) {
+    input_1d_f43<S, D>(s, d);
+  }
+  template <int S, int D>
+  [[gnu::always_inline]] RESNET_FUSED_AVX512 static void output_1d(const __m512* s, __m512* d) {
+    output_1d_f43<S, D>(s, d);
+  }
+  static void gemm(const T* a, int64_t rows, const T* u, int64_t col, int64_t n,
+                   const Geometry& g, float* out) {
+    gemm_f32(a, rows, g.c, u + col, g.k, g.c, n, out + col, g.k);
+  }
+};
+
+// V[ij][t - t0][c] = (B^T d_t B)[i][j] for the tiles [t0, t1), into a buffer of `planes`
+// tiles per ij, 16 channels at a time: as the portable input transform (same B^T, same order:
+// down the columns, then along the rows).
+template <typename P>
+RESNET_FUSED_AVX512_BF16 void input_transform(const typename P::T* x, typename P::T* v,
+                                              const Geometry& g, int64_t t0, int64_t t1,
+                                              int64_t planes) {
+  constexpr int A = P::M + 2;
+  const int64_t plane = planes * g.c;  // elements between consecutive V[ij]
+  const typename P::T* src[A * A];
+  for (int64_t t = t0; t < t1; ++t) {
+    const TileOrigin origin = tile_origin<P::M>(g, t);
+    const int64_t y0 = origin.y - 1, x0 = origin.x - 1;
+    const typename P::T* image = x + origin.image * g.h * g.w * g.c;
+    for (int i = 0; i < A; ++i) {
+      for (int j = 0; j < A; ++j) {
+        const int64_t yy = y0 + i, xx = x0 + j;
+        const bool inside = yy >= 0 && yy < g.h && xx >= 0 && xx < g.w;
+        src[i * A + j] = inside ? image + (yy * g.w + xx) * g.c : nullptr;
+      }
+    }
+    typename P::T* dst = v + (t - t0) * g.c;
+    for (int64_t c0 = 0; c0 < g.c; c0 += kLanes) {
+      const __mmask16 mask = tail_mask(g.c - c0);
+      __m512 d[A * A], r[A * A], o[A * A];
+      for (int k = 0; k < A * A; ++k) {
+        d[k] = src[k] != nullptr ? load16(src[k] + c0, mask) : _mm512_setzero_ps();
+      }
+      for (int j = 0; j < A; ++j) P::template input_1d<A, A>(d + j, r + j);
+      for (int i = 0; i < A; ++i) P::template input_1d<1, 1>(r + i * A, o + i * A);
+      for (int k = 0; k < A * A; ++k) store16(dst + k * plane + c0, o[k], mask);
+    }
+  }
+}
+
+// y[tile t] = act(A^T m_t A + bias (+ residual)) for the tiles [t0, t1), m fp32 with `planes`
+// tiles per ij (M[ij][t - t0][k]), 16 channels at a time (K % 16 == 0); outputs past the image's
+// edge are skipped.
+template <typename P, bool kResidual, bool kRelu>
+RESNET_FUSED_AVX512_BF16 void output_transform(const float* m, const float* bias,
+                                               const typename P::T* residual,
+                                               typename P::T* y, const Geometry& g, int64_t t0,
+                                               int64_t t1, int64_t planes) {
+  constexpr int M = P::M, A = M + 2;
+  const int64_t plane = planes * g.k;
+  int64_t at[M * M];
+  bool inside[M * M];
+  for (int64_t t = t0; t < t1; ++t) {
+    const TileOrigin origin = tile_origin<M>(g, t);
+    const int64_t offset = origin.image * g.h * g.w * g.k;
+    for (int i = 0; i < M; ++i) {
+      for (int j = 0; j < M; ++j) {
+        inside[i * M + j] = origin.y + i < g.h && origin.x + j < g.w;
+        at[i * M + j] = offset + ((origin.y + i) * g.w + origin.x + j) * g.k;
+      }
+    }
+    const float* src = m + (t - t0) * g.k;
+    for (int64_t k0 = 0; k0 < g.k; k0 += kLanes) {
+      __m512 s[A * A], c[M * A], o[M * M];
+      for (int k = 0; k < A * A; ++k) s[k] = _mm512_loadu_ps(src + k * plane + k0);
+      for (int j = 0; j < A; ++j) P::template output_1d<A, A>(s + j, c + j);
+      for (int i = 0; i < M; ++i) P::template output_1d<1, 1>(c + i * A, o + i * M);
+      const __m512 b = _mm512_loadu_ps(bias + k0);
+      for (int q = 0; q < M * M; ++q) {
+        if (!inside[q]) continue;
+        __m512 out = _mm512_add_ps(o[q], b);
+        if constexpr (kResidual) out = _mm512_add_ps(out, load16(residual + at[q] + k0, kAll));
+        // max(0, NaN) is NaN (maxps returns its second operand when unordered).
+        if constexpr (kRelu) out = _mm512_maskz_max_ps(kAll, _mm512_setzero_ps(), out);
+        store16(y + at[q] + k0, out, kAll);
+      }
+    }
+  }
+}
+
+// V (compute dtype) and M (fp32) of one block together within a 1-2 MiB L2.
+constexpr int64_t kBlockBytes = 768 * 1024;
+// No block smaller than two of the GEMM's 6-row steps.
+constexpr int64_t kMinBlockTiles = 12;
+// Blocks re-read the whole filter each: above this size (bf16 C = K = 512: 8 MiB; fp32 C = K
+// = 256: 9 MiB) the pipeline runs each step over all tiles instead, reading each filter plane
+// once. In development runs (2-core VM, bf16 7x7 512 channels at batch 8, inside ResNet-50)
+// blocks took 1.3x the direct conv's time.
+constexpr int64_t kMaxBlockedFilterBytes = int64_t{4} << 20;
+// Tiles per parallel transform task over all tiles (as the portable path's kTilesPerTask).
+constexpr int64_t kTilesPerTask = 4;
+// Columns of the filter per parallel GEMM task over all tiles (the GEMM's widest block).
+constexpr int64_t kTaskColumns = 64;
+
+template <typename P>
+at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+               const at::Tensor* residual, bool relu, const Geometry& g) {
+  using T = typename P::T;
+  constexpr int64_t kPlanes = (P::M + 2) * (P::M + 2);
+  at::Tensor y = at::empty({g.n, g.k, g.h, g.w},
+                           x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const T* xs = x.const_data_ptr<T>();
+  const T* us = u.const_data_ptr<T>();
+  const T* r = residual != nullptr ? residual->const_data_ptr<T>() : nullptr;
+  const float* b = bias.const_data_ptr<float>();
+  T* ys = y.mutable_data_ptr<T>();
+  // m: M for the tiles [t0, t1) with `planes` tiles per ij.
+  const auto transform_out = [&](const float* m, int64_t t0, int64_t t1, int64_t planes) {
+    if (r != nullptr) {
+      relu ? output_transform<P, true, true>(m, b, r, ys, g, t0, t1, planes)
+           : output_transform<P, true, false>(m, b, r, ys, g, t0, t1, planes);
+    } else {
+      relu ? output_transform<P, false, true>(m, b, r, ys, g, t0, t1, planes)
+           : output_transform<P, false, false>(m, b, r, ys, g, t0, t1, planes);
+    }
+  };
+  const int64_t plane_elements = g.c * g.k;  // of the filter, either layout
+  const int64_t v_bytes = kPlanes * g.c * static_cast<int64_t>(sizeof(T));  // per tile
+  const int64_t m_bytes = kPlanes * g.k * static_cast<int64_t>(sizeof(float));
+  if (kPlanes * plane_elements * static_cast<int64_t>(sizeof(T)) > kMaxBlockedFilterBytes) {
+    // Each step over all tiles: transform (split by tiles) -> GEMMs (split by plane and
+    // columns: each task's filter slice stays in cache) -> transform.
+    at::Tensor vt = scratch(kV, {kPlanes, g.tiles, g.c}, x.options());
+    at::Tensor mt = scratch(kM, {kPlanes, g.tiles, g.k}, x.options().dtype(at::kFloat));
+    T* v = vt.mutable_data_ptr<T>();
+    float* m = mt.mutable_data_ptr<float>();
+    at::parallel_for(0, g.tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
+      input_transform<P>(xs, v + begin * g.c, g, begin, end, g.tiles);
+    });
+    const int64_t column_blocks = (g.k + kTaskColumns - 1) / kTaskColumns;
+    at::parallel_for(0, kPlanes * column_blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t p = task / column_blocks, col = task % column_blocks * kTaskColumns;
+        P::gemm(v + p * g.tiles * g.c, g.tiles, us + p * plane_elements, col,
+                std::min(kTaskColumns, g.k - col), g, m + p * g.tiles * g.k);
+      }
+    });
+    at::parallel_for(0, g.tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
+      transform_out(m + begin * g.k, begin, end, g.tiles);
+    });
+    return y;
+  }
+  // As many blocks as the cache asks for, rounded up to a multiple of the threads (equal
+  // shares at batch 1), none smaller than kMinBlockTiles.
+  const int64_t max_block = std::max(kMinBlockTiles, kBlockBytes / (v_bytes + m_bytes));
+  const int64_t threads = at::get_num_threads();
+  int64_t blocks = (g.tiles + max_block - 1) / max_block;
+  blocks = (blocks + threads - 1) / threads * threads;
+  blocks = std::max<int64_t>(1, std::min(blocks, g.tiles / kMinBlockTiles));
+  const int64_t block = (g.tiles + blocks - 1) / blocks;
+  // Each task runs whole blocks, transform -> GEMM per plane -> transform, on its own buffers.
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t t0 = i * block, t1 = std::min(g.tiles, t0 + block), tb = t1 - t0;
+      if (tb <= 0) continue;
+      auto* v = static_cast<T*>(scratch_bytes(kV, tb * v_bytes));
+      auto* m = static_cast<float*>(scratch_bytes(kM, tb * m_bytes));
+      input_transform<P>(xs, v, g, t0, t1, tb);
+      for (int64_t p = 0; p < kPlanes; ++p) {
+        P::gemm(v + p * tb * g.c, tb, us + p * plane_elements, 0, g.k, g, m + p * tb * g.k);
+      }
+      transform_out(m, t0, t1, tb);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+bool bf16_pipeline_available() { return avx512_bf16_available(); }
+// The transforms are compiled once for both pipelines, with AVX512_BF16 allowed (the fp32 ones
+// use none of its instructions, but nothing promises that): fp32 asks for the same CPU.
+bool f32_pipeline_available() { return avx512_bf16_available(); }
+
+at::Tensor run_bf16_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+                             const at::Tensor* residual, bool relu, const Geometry& g) {
+  TORCH_CHECK(bf16_pipeline_available() && g.c % 2 == 0 && g.k % kLanes == 0 && u.dim() == 4,
+              "run_bf16_pipeline: needs AVX512_BF16, C_in even, C_out a multiple of 16 and a "
+              "pair-packed filter");
+  return run<Bf16F23>(x, u, bias, residual, relu, g);
+}
+
+at::Tensor run_f32_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+                            const at::Tensor* residual, bool relu, const Geometry& g) {
+  TORCH_CHECK(f32_pipeline_available() && g.k % kLanes == 0 && u.size(0) == 36,
+              "run_f32_pipeline: needs AVX-512, C_out a multiple of 16 and an F(4,3) filter");
+  return run<F32F43>(x, u, bias, residual, relu, g);
+}
+
+#else  // no x86-64 GCC/Clang: never available
+
+bool bf16_pipeline_available() { return false; }
+bool f32_pipeline_available() { return false; }
+
+at::Tensor run_bf16_pipeline(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const at::Tensor*, bool, const Geometry&) {
+  TORCH_CHECK(false, "run_bf16_pipeline: not built for this platform");
+}
+
+at::Tensor run_f32_pipeline(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor*, bool, const Geometry&) {
+  TORCH_CHECK(false, "run_f32_pipeline: not built for this platform");
+}
+
+#endif
+
+}  // namespace resnet_fused::winograd
