@@ -104,7 +104,8 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
         direct, wino = layer_times["never"][name], layer_times["always"][name]
         # Under "always", images smaller than one tile still run direct (winograd.worthwhile).
         ran = module._onednn.algorithms.get((n, h, w), "direct")
-        auto = winograd.worthwhile(h, w, dtype) and winograd.by_rule(n, h, w, dtype)
+        auto = winograd.worthwhile(h, w, dtype) and winograd.by_rule(n, h, w, dtype, c,
+                                                                      module.out_channels)
         layers.append({"layer": name, "c": c, "k": module.out_channels, "n": n, "h": h, "w": w,
                        "tiles": winograd.tiles(n, h, w, dtype), "always_ran": ran,
                        "auto": "winograd" if auto else "direct",

@@ -73,7 +73,9 @@ def _winograd_row() -> str:
         rule = winograd.policy()
     except ValueError as err:
         return f"invalid setting: {err}"
-    meaning = {"auto": f"3x3 stride-1 convs with >= {winograd.MIN_TILES} output tiles",
+    floor = (f"{winograd.MIN_TILES_F32_PIPELINE} (float32 on the AVX-512 pipeline) or "
+             f"{winograd.MIN_TILES}" if winograd.pipelines_available() else str(winograd.MIN_TILES))
+    meaning = {"auto": f"3x3 stride-1 convs with >= {floor} output tiles",
                "always": "every 3x3 stride-1 conv", "never": "off"}[rule]
     gemm = ("AVX-512 pipelines with their own GEMM for float32/bfloat16" if
             winograd.pipelines_available() else "ATen's GEMM (no AVX512_BF16)")

@@ -178,7 +178,8 @@ class OneDNNConv:
         rule = winograd.policy()
         if rule == "never":
             return False
-        chosen = rule == "always" or winograd.by_rule(*key, self.dtype)
+        chosen = rule == "always" or winograd.by_rule(*key, self.dtype, self.in_channels,
+                                                      self.out_channels)
         if len(self._algorithms) < self._MAX_ENTRIES:
             self._algorithms[key] = "winograd" if chosen else "direct"
         return chosen

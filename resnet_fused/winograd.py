@@ -28,19 +28,25 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_TILES", "POLICIES", "by_rule", "eligible", "pack_filter", "pipeline_path",
-           "pipelines_available", "policy", "tile_size", "tiles", "transform_filter", "worthwhile"]
+__all__ = ["MIN_TILES", "MIN_TILES_F32_PIPELINE", "POLICIES", "by_rule", "eligible", "min_tiles",
+           "pack_filter", "pipeline_path", "pipelines_available", "policy", "tile_size", "tiles",
+           "transform_filter", "worthwhile"]
 
 POLICIES = ("auto", "always", "never")
 
 # ``auto`` runs Winograd when each of its GEMMs has at least this many rows (tiles). Measured on
 # ResNet-50 inside the model, filters cold in cache as in a forward pass (2-core AVX-512 VM;
-# benchmarks/results/cpu/2026-11-24-cpu-winograd-layers.log and -run1/): Winograd lost with 4
-# tiles (fp32, 7x7 at batch 1: 2.2-2.8x the direct conv's time) and 16 in bf16 (same layer:
-# 1.45-1.8x); with 16 tiles in fp32 (14x14 at batch 1) it lost in both committed runs
-# (1.07-1.23x: its 9.4 MiB filter competes for memory bandwidth) though it won in a development
-# run (0.84-0.93x); from 32 tiles up it won or tied in every run (0.57-1.03x, median ~0.8x).
+# benchmarks/results/cpu/2026-11-24-cpu-winograd-layers.log and -run1/, portable path):
+# Winograd lost with 4 tiles (fp32, 7x7 at batch 1: 2.2-2.8x the direct conv's time) and 16 in
+# bf16 (same layer: 1.45-1.8x); with 16 tiles in fp32 (14x14 at batch 1) it lost in both
+# committed runs (1.07-1.23x: its 9.4 MiB filter competes for memory bandwidth); from 32 tiles up
+# it won or tied in every run (0.57-1.03x, median ~0.8x). bf16's 16-tile layer still loses on
+# the AVX-512 pipeline (1.27-1.37x, 2026-11-24-cpu-avx512-layers.log).
 MIN_TILES = 32
+# The floor for float32 on the AVX-512 pipeline (pipeline_path): its 14x14 layers at batch 1 (16
+# tiles) took 0.79-0.86x the direct conv's time there (2026-11-24-cpu-avx512-layers.log), its
+# 7x7 layers (4 tiles) 1.9-2.1x.
+MIN_TILES_F32_PIPELINE = 16
 
 # G for F(4,3) and F(2,3), interpolation points 0, +-1, +-2 (and infinity); the input and output
 # transforms B^T and A^T that match these are written out in csrc/cpu/winograd_cpu.cpp.
@@ -76,9 +82,18 @@ def tiles(batch: int, height: int, width: int, dtype: torch.dtype) -> int:
     return batch * -(-height // m) * -(-width // m)
 
 
-def by_rule(batch: int, height: int, width: int, dtype: torch.dtype) -> bool:
-    """``auto``'s choice for an eligible conv: Winograd from :data:`MIN_TILES` tiles up."""
-    return tiles(batch, height, width, dtype) >= MIN_TILES
+def min_tiles(dtype: torch.dtype, c_in: int, c_out: int) -> int:
+    """``auto``'s floor: :data:`MIN_TILES_F32_PIPELINE` for float32 where the op runs the AVX-512
+    pipeline (:func:`pipeline_path`), else :data:`MIN_TILES`."""
+    if dtype == torch.float32 and pipeline_path(dtype, c_in, c_out):
+        return MIN_TILES_F32_PIPELINE
+    return MIN_TILES
+
+
+def by_rule(batch: int, height: int, width: int, dtype: torch.dtype, c_in: int,
+            c_out: int) -> bool:
+    """``auto``'s choice for an eligible conv: Winograd from :func:`min_tiles` tiles up."""
+    return tiles(batch, height, width, dtype) >= min_tiles(dtype, c_in, c_out)
 
 
 def worthwhile(height: int, width: int, dtype: torch.dtype) -> bool:

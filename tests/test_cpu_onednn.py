@@ -532,7 +532,15 @@ def test_capability_and_info(capsys):
     out = capsys.readouterr().out
     assert "cpu fast path (oneDNN)" in out
     assert caps["isa"] in out
-    assert "winograd  auto (RESNET_FUSED_WINOGRAD): 3x3 stride-1 convs with >= 32 output" in out
+    from resnet_fused import winograd
+
+    floor = ("16 (float32 on the AVX-512 pipeline) or 32" if winograd.pipelines_available()
+             else "32")
+    assert (f"winograd  auto (RESNET_FUSED_WINOGRAD): 3x3 stride-1 convs with >= {floor} "
+            "output") in out
+    gemm = ("AVX-512 pipelines with their own GEMM" if winograd.pipelines_available()
+            else "ATen's GEMM (no AVX512_BF16)")
+    assert gemm in out
 
 
 def test_info_names_a_bad_winograd_setting(capsys, monkeypatch):

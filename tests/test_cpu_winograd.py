@@ -628,9 +628,10 @@ def conv_reference(conv, x, residual=None):
 @pytest.mark.parametrize("rule", ["always", "never", "auto"])
 def test_fast_path_policy(rule, dtype, res_mode, generator, monkeypatch, no_raw_op):
     monkeypatch.setenv("RESNET_FUSED_WINOGRAD", rule)
-    # 2 x 11 x 9 is 18 tiles of F(4,3) (fp32): below MIN_TILES, "auto" runs it direct; 60 tiles
-    # of F(2,3) (bf16): "auto" runs Winograd.
-    by_rule = "winograd" if winograd.by_rule(2, 11, 9, dtype) else "direct"
+    # 2 x 11 x 9 is 18 tiles of F(4,3) (fp32): below MIN_TILES (C_out = 20 keeps it off the
+    # AVX-512 pipeline and its lower floor), "auto" runs it direct; 60 tiles of F(2,3) (bf16):
+    # "auto" runs Winograd.
+    by_rule = "winograd" if winograd.by_rule(2, 11, 9, dtype, 12, 20) else "direct"
     assert by_rule == ("direct" if dtype == torch.float32 else "winograd")
     if rule == "always" or (rule == "auto" and by_rule == "winograd"):
         forbid_direct(monkeypatch)
@@ -659,19 +660,27 @@ def test_fast_path_policy(rule, dtype, res_mode, generator, monkeypatch, no_raw_
     assert_close(y2, ref, dtype)
 
 
-@pytest.mark.parametrize(("n", "hw", "dtype", "expected"), [
-    (1, 7, torch.float32, False),    # 4 tiles: the F(4,3) filter's bytes dominate
-    (8, 7, torch.float32, True),     # 32 tiles
-    (1, 14, torch.float32, False),   # 16 tiles
-    (1, 12, torch.float32, False),   # 9
-    (1, 56, torch.float32, True),
-    (1, 7, torch.bfloat16, False),   # 16 tiles of F(2,3)
-    (2, 7, torch.bfloat16, True),    # 32
-    (1, 14, torch.bfloat16, True),   # 49
+PIPE = winograd.pipelines_available()
+
+
+# expected: (on a CPU with the AVX-512 pipelines, without them)
+@pytest.mark.parametrize(("n", "hw", "dtype", "c", "k", "expected"), [
+    (1, 7, torch.float32, 512, 512, (False, False)),  # 4 tiles: the F(4,3) filter's bytes
+    (8, 7, torch.float32, 512, 512, (True, True)),    # 32 tiles
+    (1, 14, torch.float32, 256, 256, (True, False)),  # 16: the fp32 pipeline's floor
+    (1, 14, torch.float32, 256, 250, (False, False)),  # 16, but C_out % 16: portable path
+    (1, 12, torch.float32, 256, 256, (False, False)),  # 9
+    (1, 56, torch.float32, 64, 64, (True, True)),
+    (1, 7, torch.bfloat16, 512, 512, (False, False)),  # 16 tiles of F(2,3)
+    (2, 7, torch.bfloat16, 512, 512, (True, True)),    # 32
+    (1, 14, torch.bfloat16, 256, 256, (True, True)),   # 49
 ])
-def test_rule(n, hw, dtype, expected):
-    assert winograd.by_rule(n, hw, hw, dtype) is expected
+def test_rule(n, hw, dtype, c, k, expected):
+    assert winograd.by_rule(n, hw, hw, dtype, c, k) is expected[0 if PIPE else 1]
     assert winograd.tiles(n, hw, hw, dtype) == n * (-(-hw // winograd.tile_size(dtype))) ** 2
+    floor = winograd.min_tiles(dtype, c, k)
+    assert floor == (winograd.MIN_TILES_F32_PIPELINE if PIPE and dtype == torch.float32
+                     and k % 16 == 0 else winograd.MIN_TILES)
 
 
 def test_auto_is_reproducible(random_models, generator, monkeypatch):
