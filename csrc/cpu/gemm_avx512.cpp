@@ -26,6 +26,24 @@ namespace {
 constexpr int kRows = 6;     // rows of A per micro-kernel call
 constexpr int kVectors = 4;  // 16-column vectors of B per micro-kernel call
 
+// A micro-kernel's accumulators: cleared, and stored as rows of out.
+template <int Rows, int Vectors>
+[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void zero(__m512 (&acc)[Rows][Vectors]) {
+  for (int r = 0; r < Rows; ++r) {
+    for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+}
+
+template <int Rows, int Vectors>
+[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void store(const __m512 (&acc)[Rows][Vectors],
+                                                             float* out, int64_t ldo) {
+  for (int r = 0; r < Rows; ++r) {
+    for (int v = 0; v < Vectors; ++v) {
+      _mm512_storeu_ps(out + r * ldo + v * kGemmColumns, acc[r][v]);
+    }
+  }
+}
+
 // The micro-kernels: out[0:Rows, 0:16 Vectors] = a[0:Rows, :] @ b[:, 0:16 Vectors], where b
 // points at the block's first column in B's first row (of pairs, for bf16) and ldb is B's row
 // length in columns.
@@ -36,9 +54,7 @@ struct Bf16Pairs {
   RESNET_FUSED_AVX512_BF16 static void micro(const Element* a, int64_t lda, const Element* b,
                                              int64_t c, int64_t ldb, float* out, int64_t ldo) {
     __m512 acc[Rows][Vectors];
-    for (int r = 0; r < Rows; ++r) {
-      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_setzero_ps();
-    }
+    zero(acc);
     for (int64_t pair = 0; pair < c / 2; ++pair) {
       const Element* b_row = b + pair * 2 * ldb;
       __m512bh bv[Vectors];
@@ -52,11 +68,7 @@ struct Bf16Pairs {
         for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
       }
     }
-    for (int r = 0; r < Rows; ++r) {
-      for (int v = 0; v < Vectors; ++v) {
-        _mm512_storeu_ps(out + r * ldo + v * kGemmColumns, acc[r][v]);
-      }
-    }
+    store(acc, out, ldo);
   }
 
   static int64_t column_offset(int64_t col) { return 2 * col; }  // pairs: 2 elements a column
@@ -69,9 +81,7 @@ struct F32 {
   RESNET_FUSED_AVX512 static void micro(const Element* a, int64_t lda, const Element* b,
                                         int64_t c, int64_t ldb, float* out, int64_t ldo) {
     __m512 acc[Rows][Vectors];
-    for (int r = 0; r < Rows; ++r) {
-      for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_setzero_ps();
-    }
+    zero(acc);
     for (int64_t ci = 0; ci < c; ++ci) {
       const Element* b_row = b + ci * ldb;
       __m512 bv[Vectors];
@@ -81,11 +91,7 @@ struct F32 {
         for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
       }
     }
-    for (int r = 0; r < Rows; ++r) {
-      for (int v = 0; v < Vectors; ++v) {
-        _mm512_storeu_ps(out + r * ldo + v * kGemmColumns, acc[r][v]);
-      }
-    }
+    store(acc, out, ldo);
   }
 
   static int64_t column_offset(int64_t col) { return col; }
