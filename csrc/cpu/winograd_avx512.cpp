@@ -66,58 +66,10 @@ __mmask16 tail_mask(int64_t n) {  // the first min(n, 16) lanes
   _mm512_mask_storeu_ps(p, mask, v);
 }
 
-// F(2,3)'s B^T and A^T along one axis, on registers s[0], s[S], ... (same matrices and order of
-// operations as input_1d/output_1d in winograd_cpu.cpp).
-template <int S, int D>
-[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void input_1d_f23(const __m512* s, __m512* d) {
-  d[0] = _mm512_sub_ps(s[0], s[2 * S]);
-  d[D] = _mm512_add_ps(s[S], s[2 * S]);
-  d[2 * D] = _mm512_sub_ps(s[2 * S], s[S]);
-  d[3 * D] = _mm512_sub_ps(s[S], s[3 * S]);
-}
-
-template <int S, int D>
-[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void output_1d_f23(const __m512* s, __m512* d) {
-  d[0] = _mm512_add_ps(_mm512_add_ps(s[0], s[S]), s[2 * S]);
-  d[D] = _mm512_sub_ps(_mm512_sub_ps(s[S], s[2 * S]), s[3 * S]);
-}
-
-// F(4,3)'s, interpolation points 0, +-1, +-2.
-template <int S, int D>
-[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void input_1d_f43(const __m512* s, __m512* d) {
-  const __m512 two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f);
-  const __m512 s4_s2 = _mm512_sub_ps(s[4 * S], s[2 * S]);  // s4 - s2
-  d[0] = _mm512_add_ps(_mm512_fnmadd_ps(five, s[2 * S], _mm512_mul_ps(four, s[0])), s[4 * S]);
-  d[D] = _mm512_add_ps(_mm512_fnmadd_ps(four, _mm512_add_ps(s[S], s[2 * S]), s[3 * S]), s[4 * S]);
-  d[2 * D] = _mm512_fmadd_ps(four, _mm512_sub_ps(s[S], s[2 * S]), _mm512_sub_ps(s[4 * S], s[3 * S]));
-  d[3 * D] = _mm512_fmadd_ps(two, _mm512_sub_ps(s[3 * S], s[S]), s4_s2);
-  d[4 * D] = _mm512_fmadd_ps(two, _mm512_sub_ps(s[S], s[3 * S]), s4_s2);
-  d[5 * D] = _mm512_add_ps(_mm512_fnmadd_ps(five, s[3 * S], _mm512_mul_ps(four, s[S])), s[5 * S]);
-}
-
-template <int S, int D>
-[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void output_1d_f43(const __m512* s, __m512* d) {
-  const __m512 p12 = _mm512_add_ps(s[S], s[2 * S]), m12 = _mm512_sub_ps(s[S], s[2 * S]);
-  const __m512 p34 = _mm512_add_ps(s[3 * S], s[4 * S]), m34 = _mm512_sub_ps(s[3 * S], s[4 * S]);
-  d[0] = _mm512_add_ps(_mm512_add_ps(s[0], p12), p34);
-  d[D] = _mm512_fmadd_ps(_mm512_set1_ps(2.f), m34, m12);
-  d[2 * D] = _mm512_fmadd_ps(_mm512_set1_ps(4.f), p34, p12);
-  d[3 * D] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.f), m34, m12), s[5 * S]);
-}
-
-// One pipeline's dtype, tile and transforms: T the activations' (and V's) type, M the output
-// tile edge, the 1-D transforms, and the GEMM.
+// One pipeline's dtype (T: the activations' and V's), output tile edge M and GEMM.
 struct Bf16F23 {
   using T = c10::BFloat16;
   static constexpr int M = 2;
-  template <int S, int D>
-  [[gnu::always_inline]] RESNET_FUSED_AVX512 static void input_1d(const __m512* s, __m512* d) {
-    input_1d_f23<S, D>(s, d);
-  }
-  template <int S, int D>
-  [[gnu::always_inline]] RESNET_FUSED_AVX512 static void output_1d(const __m512* s, __m512* d) {
-    output_1d_f23<S, D>(s, d);
-  }
   // out[:, col:col + n] = a @ u[:, col:col + n] for a (rows x C) and the plane u (C x K).
   static void gemm(const T* a, int64_t rows, const T* u, int64_t col, int64_t n,
                    const Geometry& g, float* out) {
@@ -128,14 +80,6 @@ struct Bf16F23 {
 struct F32F43 {
   using T = float;
   static constexpr int M = 4;
-  template <int S, int D>
-  [[gnu::always_inline]] RESNET_FUSED_AVX512 static void input_1d(const __m512* s, __m512* d) {
-    input_1d_f43<S, D>(s, d);
-  }
-  template <int S, int D>
-  [[gnu::always_inline]] RESNET_FUSED_AVX512 static void output_1d(const __m512* s, __m512* d) {
-    output_1d_f43<S, D>(s, d);
-  }
   static void gemm(const T* a, int64_t rows, const T* u, int64_t col, int64_t n,
                    const Geometry& g, float* out) {
     gemm_f32(a, rows, g.c, u + col, g.k, g.c, n, out + col, g.k);
@@ -153,16 +97,7 @@ RESNET_FUSED_AVX512_BF16 void input_transform(const typename P::T* x, typename P
   const int64_t plane = planes * g.c;  // elements between consecutive V[ij]
   const typename P::T* src[A * A];
   for (int64_t t = t0; t < t1; ++t) {
-    const TileOrigin origin = tile_origin<P::M>(g, t);
-    const int64_t y0 = origin.y - 1, x0 = origin.x - 1;
-    const typename P::T* image = x + origin.image * g.h * g.w * g.c;
-    for (int i = 0; i < A; ++i) {
-      for (int j = 0; j < A; ++j) {
-        const int64_t yy = y0 + i, xx = x0 + j;
-        const bool inside = yy >= 0 && yy < g.h && xx >= 0 && xx < g.w;
-        src[i * A + j] = inside ? image + (yy * g.w + xx) * g.c : nullptr;
-      }
-    }
+    patch_pixels<P::M>(x, g, t, src);
     typename P::T* dst = v + (t - t0) * g.c;
     for (int64_t c0 = 0; c0 < g.c; c0 += kLanes) {
       const __mmask16 mask = tail_mask(g.c - c0);
@@ -170,8 +105,8 @@ RESNET_FUSED_AVX512_BF16 void input_transform(const typename P::T* x, typename P
       for (int k = 0; k < A * A; ++k) {
         d[k] = src[k] != nullptr ? load16(src[k] + c0, mask) : _mm512_setzero_ps();
       }
-      for (int j = 0; j < A; ++j) P::template input_1d<A, A>(d + j, r + j);
-      for (int i = 0; i < A; ++i) P::template input_1d<1, 1>(r + i * A, o + i * A);
+      for (int j = 0; j < A; ++j) input_1d<P::M, A, A>(d + j, r + j);      // down the columns
+      for (int i = 0; i < A; ++i) input_1d<P::M, 1, 1>(r + i * A, o + i * A);  // along the rows
       for (int k = 0; k < A * A; ++k) store16(dst + k * plane + c0, o[k], mask);
     }
   }
@@ -188,25 +123,17 @@ RESNET_FUSED_AVX512_BF16 void output_transform(const float* m, const float* bias
   constexpr int M = P::M, A = M + 2;
   const int64_t plane = planes * g.k;
   int64_t at[M * M];
-  bool inside[M * M];
   for (int64_t t = t0; t < t1; ++t) {
-    const TileOrigin origin = tile_origin<M>(g, t);
-    const int64_t offset = origin.image * g.h * g.w * g.k;
-    for (int i = 0; i < M; ++i) {
-      for (int j = 0; j < M; ++j) {
-        inside[i * M + j] = origin.y + i < g.h && origin.x + j < g.w;
-        at[i * M + j] = offset + ((origin.y + i) * g.w + origin.x + j) * g.k;
-      }
-    }
+    tile_outputs<M>(g, t, at);
     const float* src = m + (t - t0) * g.k;
     for (int64_t k0 = 0; k0 < g.k; k0 += kLanes) {
       __m512 s[A * A], c[M * A], o[M * M];
       for (int k = 0; k < A * A; ++k) s[k] = _mm512_loadu_ps(src + k * plane + k0);
-      for (int j = 0; j < A; ++j) P::template output_1d<A, A>(s + j, c + j);
-      for (int i = 0; i < M; ++i) P::template output_1d<1, 1>(c + i * A, o + i * M);
+      for (int j = 0; j < A; ++j) output_1d<M, A, A>(s + j, c + j);      // down the columns
+      for (int i = 0; i < M; ++i) output_1d<M, 1, 1>(c + i * A, o + i * M);  // along the rows
       const __m512 b = _mm512_loadu_ps(bias + k0);
       for (int q = 0; q < M * M; ++q) {
-        if (!inside[q]) continue;
+        if (at[q] < 0) continue;  // past the image's edge
         __m512 out = _mm512_add_ps(o[q], b);
         if constexpr (kResidual) out = _mm512_add_ps(out, load16(residual + at[q] + k0, kAll));
         // max(0, NaN) is NaN (maxps returns its second operand when unordered).
@@ -221,13 +148,10 @@ RESNET_FUSED_AVX512_BF16 void output_transform(const float* m, const float* bias
 constexpr int64_t kBlockBytes = 768 * 1024;
 // No block smaller than two of the GEMM's 6-row steps.
 constexpr int64_t kMinBlockTiles = 12;
-// Blocks re-read the whole filter each: above this size (bf16 C = K = 512: 8 MiB; fp32 C = K
-// = 256: 9 MiB) the pipeline runs each step over all tiles instead, reading each filter plane
-// once. In development runs (2-core VM, bf16 7x7 512 channels at batch 8, inside ResNet-50)
-// blocks took 1.3x the direct conv's time.
-constexpr int64_t kMaxBlockedFilterBytes = int64_t{4} << 20;
-// Tiles per parallel transform task over all tiles (as the portable path's kTilesPerTask).
-constexpr int64_t kTilesPerTask = 4;
+// Above kMaxBlockedFilterBytes (bf16 C = K = 512: 8 MiB; fp32 C = K = 256: 9 MiB) each step
+// runs over all tiles, reading each filter plane once: blocked, layer4's bf16 7x7 convs at batch
+// 8 took 1.30-1.36x the direct conv's time inside ResNet-50
+// (benchmarks/results/cpu/2026-11-24-cpu-bf16gemm-layers.log).
 // Columns of the filter per parallel GEMM task over all tiles (the GEMM's widest block).
 constexpr int64_t kTaskColumns = 64;
 
@@ -306,14 +230,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
 
 }  // namespace
 
-bool bf16_pipeline_available() { return avx512_bf16_available(); }
 // The transforms are compiled once for both pipelines, with AVX512_BF16 allowed (the fp32 ones
 // use none of its instructions, but nothing promises that): fp32 asks for the same CPU.
-bool f32_pipeline_available() { return avx512_bf16_available(); }
+bool pipelines_available() { return avx512_bf16_available(); }
 
 at::Tensor run_bf16_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
                              const at::Tensor* residual, bool relu, const Geometry& g) {
-  TORCH_CHECK(bf16_pipeline_available() && g.c % 2 == 0 && g.k % kLanes == 0 && u.dim() == 4,
+  TORCH_CHECK(pipelines_available() && g.c % 2 == 0 && g.k % kLanes == 0 && u.dim() == 4,
               "run_bf16_pipeline: needs AVX512_BF16, C_in even, C_out a multiple of 16 and a "
               "pair-packed filter");
   return run<Bf16F23>(x, u, bias, residual, relu, g);
@@ -321,15 +244,14 @@ at::Tensor run_bf16_pipeline(const at::Tensor& x, const at::Tensor& u, const at:
 
 at::Tensor run_f32_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
                             const at::Tensor* residual, bool relu, const Geometry& g) {
-  TORCH_CHECK(f32_pipeline_available() && g.k % kLanes == 0 && u.size(0) == 36,
+  TORCH_CHECK(pipelines_available() && g.k % kLanes == 0 && u.size(0) == 36,
               "run_f32_pipeline: needs AVX-512, C_out a multiple of 16 and an F(4,3) filter");
   return run<F32F43>(x, u, bias, residual, relu, g);
 }
 
 #else  // no x86-64 GCC/Clang: never available
 
-bool bf16_pipeline_available() { return false; }
-bool f32_pipeline_available() { return false; }
+bool pipelines_available() { return false; }
 
 at::Tensor run_bf16_pipeline(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                              const at::Tensor*, bool, const Geometry&) {

@@ -88,11 +88,15 @@ void* scratch_bytes(Slot slot, int64_t bytes) {
 namespace {
 
 using winograd::Geometry;
+using winograd::input_1d;
+using winograd::kMaxBlockedFilterBytes;
+using winograd::kTilesPerTask;
+using winograd::output_1d;
+using winograd::patch_pixels;
+using winograd::tile_outputs;
 using winograd::kM;
 using winograd::kV;
 using winograd::scratch;
-using winograd::tile_origin;
-using winograd::TileOrigin;
 
 
 // Channels per transform step: a (m+2)^2 x kChunk fp32 patch (36 x 64 x 4 B = 9 KiB) stays in L1.
@@ -115,42 +119,6 @@ template <typename T>
     return c10::BFloat16(out, c10::BFloat16::from_bits());
   } else {
     return static_cast<T>(v);
-  }
-}
-
-// B^T applied along one axis: the M+2 values s[k * S] give the M+2 values d[i * D]. F(4,3) and
-// F(2,3) with interpolation points 0, +-1, +-2 (and infinity), the usual choice: the smallest
-// coefficients that give exact integer transforms.
-template <int M, int S, int D>
-[[gnu::always_inline]] inline void input_1d(const float* s, float* d) {
-  if constexpr (M == 4) {
-    d[0] = 4.f * s[0] - 5.f * s[2 * S] + s[4 * S];
-    d[D] = -4.f * (s[S] + s[2 * S]) + s[3 * S] + s[4 * S];
-    d[2 * D] = 4.f * (s[S] - s[2 * S]) - s[3 * S] + s[4 * S];
-    d[3 * D] = 2.f * (s[3 * S] - s[S]) - s[2 * S] + s[4 * S];
-    d[4 * D] = 2.f * (s[S] - s[3 * S]) - s[2 * S] + s[4 * S];
-    d[5 * D] = 4.f * s[S] - 5.f * s[3 * S] + s[5 * S];
-  } else {
-    d[0] = s[0] - s[2 * S];
-    d[D] = s[S] + s[2 * S];
-    d[2 * D] = s[2 * S] - s[S];
-    d[3 * D] = s[S] - s[3 * S];
-  }
-}
-
-// A^T applied along one axis: M+2 values -> M values (same addressing as input_1d).
-template <int M, int S, int D>
-[[gnu::always_inline]] inline void output_1d(const float* s, float* d) {
-  if constexpr (M == 4) {
-    const float p12 = s[S] + s[2 * S], m12 = s[S] - s[2 * S];
-    const float p34 = s[3 * S] + s[4 * S], m34 = s[3 * S] - s[4 * S];
-    d[0] = s[0] + p12 + p34;
-    d[D] = m12 + 2.f * m34;
-    d[2 * D] = p12 + 4.f * p34;
-    d[3 * D] = m12 + 8.f * m34 + s[5 * S];
-  } else {
-    d[0] = s[0] + s[S] + s[2 * S];
-    d[D] = s[S] - s[2 * S] - s[3 * S];
   }
 }
 
@@ -205,22 +173,17 @@ void input_transform_staged(const T* __restrict__ x, T* __restrict__ v, const Ge
   alignas(64) float patch[A * A * kChunk];
   alignas(64) float rows[A * A * kChunk];
   const int64_t plane = planes * g.c;  // elements between consecutive V[ij]
+  const T* src[A * A];
   for (int64_t t = t_begin; t < t_end; ++t) {
-    const TileOrigin origin = tile_origin<M>(g, t);
-    const int64_t y0 = origin.y - 1, x0 = origin.x - 1;
-    const T* image = x + origin.image * g.h * g.w * g.c;
+    patch_pixels<M>(x, g, t, src);
     for (int64_t c0 = 0; c0 < g.c; c0 += kChunk) {
       const int64_t n = std::min(kChunk, g.c - c0);
-      for (int64_t i = 0; i < A; ++i) {
-        for (int64_t j = 0; j < A; ++j) {
-          float* dst = patch + (i * A + j) * kChunk;
-          const int64_t yy = y0 + i, xx = x0 + j;
-          if (yy < 0 || yy >= g.h || xx < 0 || xx >= g.w) {
-            std::fill(dst, dst + n, 0.f);
-          } else {
-            const T* src = image + (yy * g.w + xx) * g.c + c0;
-            for (int64_t ch = 0; ch < n; ++ch) dst[ch] = load(src[ch]);
-          }
+      for (int64_t k = 0; k < A * A; ++k) {
+        float* dst = patch + k * kChunk;
+        if (src[k] == nullptr) {
+          std::fill(dst, dst + n, 0.f);
+        } else {
+          for (int64_t ch = 0; ch < n; ++ch) dst[ch] = load(src[k][c0 + ch]);
         }
       }
       // Down the columns (rows[i][j] = sum_k B^T[i][k] patch[k][j]), then along the rows,
@@ -247,10 +210,9 @@ void output_transform_staged(const T* __restrict__ m, const float* __restrict__ 
   alignas(64) float cols[M * A * kChunk];
   alignas(64) float out[M * M * kChunk];
   const int64_t plane = planes * g.k;
+  int64_t at[M * M];
   for (int64_t t = t_begin; t < t_end; ++t) {
-    const TileOrigin origin = tile_origin<M>(g, t);
-    const int64_t y0 = origin.y, x0 = origin.x;
-    const int64_t offset = origin.image * g.h * g.w * g.k;
+    tile_outputs<M>(g, t, at);
     for (int64_t k0 = 0; k0 < g.k; k0 += kChunk) {
       const int64_t n = std::min(kChunk, g.k - k0);
       for (int64_t ij = 0; ij < A * A; ++ij) {
@@ -264,15 +226,13 @@ void output_transform_staged(const T* __restrict__ m, const float* __restrict__ 
       for (int64_t i = 0; i < M; ++i) {
         output_1d_staged<M>(cols + i * A * kChunk, kChunk, out + i * M * kChunk, kChunk, n);
       }
-      for (int64_t i = 0; i < M && y0 + i < g.h; ++i) {
-        for (int64_t j = 0; j < M && x0 + j < g.w; ++j) {
-          const int64_t at = offset + ((y0 + i) * g.w + x0 + j) * g.k + k0;
-          const float* o = out + (i * M + j) * kChunk;
-          T* dst = y + at;
-          const T* r = kResidual ? residual + at : reinterpret_cast<const T*>(kZeros);
-          for (int64_t ch = 0; ch < n; ++ch) {
-            dst[ch] = epilogue<kResidual, kRelu, T>(o[ch], bias[k0 + ch], r + ch);
-          }
+      for (int64_t q = 0; q < M * M; ++q) {
+        if (at[q] < 0) continue;  // past the image's edge
+        const float* o = out + q * kChunk;
+        T* dst = y + at[q] + k0;
+        const T* r = kResidual ? residual + at[q] + k0 : reinterpret_cast<const T*>(kZeros);
+        for (int64_t ch = 0; ch < n; ++ch) {
+          dst[ch] = epilogue<kResidual, kRelu, T>(o[ch], bias[k0 + ch], r + ch);
         }
       }
     }
@@ -289,21 +249,16 @@ void input_transform_registers(const T* __restrict__ x, T* __restrict__ v, const
   constexpr int A = M + 2;
   const int64_t plane = planes * g.c;  // elements between consecutive V[ij]
   const T* zeros = reinterpret_cast<const T*>(kZeros);  // all-zero bits: 0 in every float type
+  const T* pixels[A * A];
   const T* src[A * A];
   T* dst[A * A];
   for (int64_t t = t_begin; t < t_end; ++t) {
-    const TileOrigin origin = tile_origin<M>(g, t);
-    const int64_t y0 = origin.y - 1, x0 = origin.x - 1;
-    const T* image = x + origin.image * g.h * g.w * g.c;
+    patch_pixels<M>(x, g, t, pixels);
     for (int64_t c0 = 0; c0 < g.c; c0 += kChunk) {
       const int64_t n = std::min(kChunk, g.c - c0);
-      for (int i = 0; i < A; ++i) {
-        for (int j = 0; j < A; ++j) {
-          const int64_t yy = y0 + i, xx = x0 + j;
-          const bool inside = yy >= 0 && yy < g.h && xx >= 0 && xx < g.w;
-          src[i * A + j] = inside ? image + (yy * g.w + xx) * g.c + c0 : zeros;
-          dst[i * A + j] = v + (i * A + j) * plane + (t - t_begin) * g.c + c0;
-        }
+      for (int k = 0; k < A * A; ++k) {
+        src[k] = pixels[k] != nullptr ? pixels[k] + c0 : zeros;
+        dst[k] = v + k * plane + (t - t_begin) * g.c + c0;
       }
 #pragma GCC ivdep
       for (int64_t ch = 0; ch < n; ++ch) {
@@ -333,20 +288,15 @@ void output_transform_registers(const T* __restrict__ m, const float* __restrict
   const T* src[A * A];
   T* dst[M * M];
   const T* res[M * M];
+  int64_t at[M * M];
   for (int64_t t = t_begin; t < t_end; ++t) {
-    const TileOrigin origin = tile_origin<M>(g, t);
-    const int64_t y0 = origin.y, x0 = origin.x;
-    const int64_t offset = origin.image * g.h * g.w * g.k;
+    tile_outputs<M>(g, t, at);
     for (int64_t k0 = 0; k0 < g.k; k0 += kChunk) {
       const int64_t n = std::min(kChunk, g.k - k0);
       for (int ij = 0; ij < A * A; ++ij) src[ij] = m + ij * plane + (t - t_begin) * g.k + k0;
-      for (int i = 0; i < M; ++i) {
-        for (int j = 0; j < M; ++j) {
-          const bool inside = y0 + i < g.h && x0 + j < g.w;
-          const int64_t at = offset + ((y0 + i) * g.w + x0 + j) * g.k + k0;
-          dst[i * M + j] = inside ? y + at : sink;
-          res[i * M + j] = inside && kResidual ? residual + at : zeros;
-        }
+      for (int q = 0; q < M * M; ++q) {
+        dst[q] = at[q] >= 0 ? y + at[q] + k0 : sink;
+        res[q] = at[q] >= 0 && kResidual ? residual + at[q] + k0 : zeros;
       }
       const float* bk = bias + k0;
 #pragma GCC ivdep
@@ -395,21 +345,18 @@ void output_transform(const T* m, const float* bias, const T* residual, T* y, bo
   }
 }
 
-// Tiles per parallel transform task when one GEMM covers every tile: enough work per task to
-// amortize the scheduling, enough tasks for every thread at batch 1 of a 14x14 layer.
-constexpr int64_t kTilesPerTask = 4;
 // Bytes of V (or M) per block of tiles when the tiles are split into blocks: small enough that a
 // block's V, M and the filter U stay in the caches between the three steps, large enough that
 // the block's GEMMs run at full speed. Unblocked, a 56x56 layer at batch 8 writes and reads
 // 14 MiB twice, fresh pages included.
 constexpr int64_t kBlockBytes = 512 * 1024;
-// Blocks only pay when every block's GEMM can re-read U from cache, and only in float32: ATen's
+// Blocks (up to kMaxBlockedFilterBytes of filter) only pay when every block's GEMM can re-read
+// U from cache, and only in float32: ATen's
 // bf16/fp16 GEMM (oneDNN) packs U again on every call, which costs more than the blocks save.
 // In development runs on the 2-core AVX-512 VM (ResNet-50's 3x3 layers alone, batch 1 and 8),
 // blocked F(4,3) ran 1.7-1.9x as fast as oneDNN's direct conv at C = 64 and 128 (U: 0.6 and
 // 2.4 MiB), unblocked 1.4-1.6x; at C = 256 (U: 9.4 MiB) blocked fell to 1.0x, unblocked 1.2-1.3x;
 // blocked bf16 was slower than unblocked at every size tried.
-constexpr int64_t kMaxBlockedFilterBytes = 4 * 1024 * 1024;
 
 template <int M, typename T>
 at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
@@ -533,10 +480,10 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
   const at::Tensor b = bias.contiguous();
   if (k % 16 == 0) {  // the AVX-512 pipelines, where this CPU has them (winograd_avx512.cpp)
     if (input.scalar_type() == at::kBFloat16 && g.c % 2 == 0 &&
-        winograd::bf16_pipeline_available()) {
+        winograd::pipelines_available()) {
       return winograd::run_bf16_pipeline(x, packed ? u : pack_pairs(u), b, res, relu, g);
     }
-    if (input.scalar_type() == at::kFloat && m == 4 && winograd::f32_pipeline_available()) {
+    if (input.scalar_type() == at::kFloat && m == 4 && winograd::pipelines_available()) {
       return winograd::run_f32_pipeline(x, u, b, res, relu, g);
     }
   }
