@@ -1,4 +1,4 @@
-// What the Winograd op (winograd_cpu.cpp) shares with its AVX512_BF16 pipeline
+// What the Winograd op (winograd_cpu.cpp) shares with its AVX-512 pipelines
 // (winograd_avx512.cpp): the layer's geometry, where a tile and its patch lie, the 1-D
 // transforms, the per-thread scratch buffers.
 #pragma once
