@@ -43,8 +43,8 @@ from . import winograd
 __all__ = ["OneDNNConv", "cpu_capability", "fast_dtypes"]
 
 # The ISA features that decide which oneDNN kernels run (torch's own cpuinfo probe).
-_ISA_FLAGS = ("avx2", "avx512_f", "avx512_bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-              "amx_tile", "amx_bf16", "amx_fp16")
+_ISA_FLAGS = ("avx2", "avx512_f", "avx512_bw", "avx512_vl", "avx512_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
 
 
 @functools.cache

@@ -22,7 +22,6 @@ one's bytes, must still be read whole. :func:`policy` says how the CPU fast path
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -49,7 +48,7 @@ MIN_TILES = 32
 MIN_TILES_F32_PIPELINE = 16
 
 # G for F(4,3) and F(2,3), interpolation points 0, +-1, +-2 (and infinity); the input and output
-# transforms B^T and A^T that match these are written out in csrc/cpu/winograd_cpu.cpp.
+# transforms B^T and A^T that match these are written out in csrc/cpu/winograd_cpu.h.
 _G = {
     4: ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
         (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
@@ -116,18 +115,19 @@ def transform_filter(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tenso
     return u.reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
 
 
-# The CPU features the op's AVX-512 pipelines (csrc/cpu/winograd_avx512.cpp) need, as torch's
-# cpuinfo names them; the C++ checks the same ones (avx512_bf16_available).
+# The CPU features the op's AVX-512 pipelines (csrc/cpu/winograd_avx512.cpp) need, as
+# onednn.cpu_capability names them; the C++ checks the same ones (avx512_bf16_available).
 _PIPELINE_ISA = ("avx512_f", "avx512_bw", "avx512_vl", "avx512_bf16")
 
 
-@functools.cache
 def pipelines_available() -> bool:
     """True on CPUs with AVX512_BF16: there the op runs bfloat16 F(2,3) and float32 F(4,3) on
     its own AVX-512 pipelines (intrinsic transforms, its own GEMM, blocks of tiles kept in cache,
     the GEMM's results kept in float32)."""
-    info = torch._C._cpu._get_cpu_capability() if hasattr(torch._C, "_cpu") else {}
-    return all(bool(info.get(flag)) for flag in _PIPELINE_ISA)
+    from .onednn import cpu_capability  # (onednn imports this module)
+
+    caps = cpu_capability()
+    return all(caps[flag] for flag in _PIPELINE_ISA)
 
 
 def pipeline_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:
