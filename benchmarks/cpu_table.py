@@ -75,8 +75,9 @@ def layer_markdown(layers: list[dict]) -> str:
             "ratios (interquartile range). `oneDNN conv alone`: the same oneDNN convolution with "
             "a prepacked weight, no bias, no post-ops; `fused`: the module fuse() builds (BN "
             "folded into weight and bias, ReLU and the residual sum as post-ops, the residual "
-            "summed in place as in the model; +res layers also read the residual); `conv2d`: "
-            "F.conv2d on the dense weight.", ""]
+            "summed in place as in the model; +res layers also read the residual; the 1x1 "
+            "convs on this package's own kernel, the stride-1 3x3 convs Winograd where "
+            "`auto` picks it); `conv2d`: F.conv2d on the dense weight.", ""]
     for key in sorted(worst):
         (batch, dtype, threads), (ratio, layer) = key, worst[key]
         alone, fused = total[key]

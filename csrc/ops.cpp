@@ -54,4 +54,14 @@ TORCH_LIBRARY(resnet_fused, m) {
   m.def(
       "winograd_conv3x3(Tensor input, Tensor weight, Tensor bias, Tensor? residual, bool relu) "
       "-> Tensor");
+  // A 1x1 (padding 0) conv_bn_act on this package's AVX-512 GEMM (CPU, csrc/cpu/conv1x1_cpu.cpp):
+  // y = act(conv(input, weight, stride) + bias), channels_last; and the same summed into its
+  // residual in place, residual = act(conv + bias + residual), residual channels_last-contiguous.
+  // `weight` is folded and packed in panels of 64 output channels (resnet_fused/conv1x1.py):
+  // (ceil(C_out / 64), C_in, 64) float32, or (ceil(C_out / 64), C_in / 2, 64, 2) bfloat16;
+  // `bias` is float32, C_out = bias.size(0).
+  m.def("conv1x1(Tensor input, Tensor weight, Tensor bias, int[2] stride, bool relu) -> Tensor");
+  m.def(
+      "conv1x1_residual_(Tensor(a!) residual, Tensor input, Tensor weight, Tensor bias, "
+      "int[2] stride, bool relu) -> ()");
 }

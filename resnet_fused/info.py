@@ -63,7 +63,25 @@ def cpu_rows() -> list[tuple[str, str]]:
         ("dtypes", ", ".join(dtypes) + " (others run the raw op)" if dtypes else
          "none: torch was built without oneDNN; every dtype runs the raw op"),
         ("winograd", _winograd_row()),
+        ("conv1x1", _conv1x1_row()),
     ]
+
+
+def _conv1x1_row() -> str:
+    from . import conv1x1
+
+    try:
+        rule = conv1x1.policy()
+    except ValueError as err:
+        return f"invalid setting: {err}"
+    if rule == "never":
+        return "never (RESNET_FUSED_CONV1X1): 1x1 convs run on oneDNN"
+    dtypes = [str(d).removeprefix("torch.") for d in (torch.float32, torch.bfloat16)
+              if conv1x1.available(d)]
+    if not dtypes:
+        return "auto (RESNET_FUSED_CONV1X1): unavailable (needs AVX-512), 1x1 convs run on oneDNN"
+    return (f"auto (RESNET_FUSED_CONV1X1): 1x1 convs on this package's AVX-512 GEMM in "
+            f"{' and '.join(dtypes)}, the residual summed in place")
 
 
 def _winograd_row() -> str:

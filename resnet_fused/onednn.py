@@ -10,6 +10,8 @@ registered ``torch.ops.mkldnn`` ops Inductor uses:
   in bf16 it is one more bf16 rounding of each weight (well inside the bf16 bounds).
 * ReLU as an eltwise post-op; the residual as oneDNN's ``sum`` post-op, accumulating in place into
   the skip tensor when the caller no longer needs it, else as a ``binary add`` post-op.
+* 1x1 convolutions run on this package's own AVX-512 kernel instead where the CPU has it
+  (:mod:`resnet_fused.conv1x1`), the residual summed in place the same way.
 * The folded weight reordered into oneDNN's blocked layout once per input shape
   (``_reorder_convolution_weight``; oneDNN's preferred layout depends on the shape, and a weight in
   another layout would be reordered again on every call) and kept for later calls.
@@ -38,7 +40,7 @@ import functools
 import torch
 from torch import Tensor
 
-from . import winograd
+from . import conv1x1, winograd
 
 __all__ = ["OneDNNConv", "cpu_capability", "fast_dtypes"]
 
@@ -89,6 +91,8 @@ _CONV_BINARY = torch.ops.mkldnn._convolution_pointwise.binary
 _CONV_SUM_ = torch.ops.mkldnn._convolution_pointwise_.binary
 _REORDER_WEIGHT = torch.ops.mkldnn._reorder_convolution_weight.default
 _WINOGRAD = torch.ops.resnet_fused.winograd_conv3x3.default
+_CONV1X1 = torch.ops.resnet_fused.conv1x1.default
+_CONV1X1_ = torch.ops.resnet_fused.conv1x1_residual_.default
 
 _DILATION = [1, 1]
 
@@ -124,8 +128,8 @@ class OneDNNConv:
         self._fingerprints = tuple(_fingerprint(t) for t in self._source)
         # oneDNN's fused convolution wants the bias in the compute dtype.
         self.bias = shift.to(self.dtype)
-        # x.shape -> (weight in oneDNN's layout for it, expected residual/output shape)
-        self._entries: dict[torch.Size, tuple[Tensor, tuple[int, ...], bool]] = {}
+        # x.shape -> [weight for it, expected residual/output shape, is_winograd] (_entry)
+        self._entries: dict[torch.Size, list] = {}
         self._packed: dict[tuple[int, int, int], Tensor] = {}  # (N, H, W) -> packed weight
         self._last: Tensor | None = None
         # Stride-1 3x3 convs may run as Winograd instead (resnet_fused.winograd), per input shape.
@@ -134,6 +138,11 @@ class OneDNNConv:
         self._winograd_filter: Tensor | None = None  # built on first use; shape-independent
         # (N, H, W) -> "winograd"/"direct", for the shapes Winograd could take (reported only).
         self._algorithms: dict[tuple[int, int, int], str] = {}
+        # 1x1 convs that run on this package's kernel instead (resnet_fused.conv1x1); its weight
+        # is packed on first use, and no oneDNN weight is made for them.
+        self._conv1x1 = conv1x1.path((self.kh, self.kw), self.stride, self.padding, self.dtype,
+                                     self.in_channels, self.out_channels)
+        self._conv1x1_weight: Tensor | None = None
 
     def is_prepared_from(self, weight: Tensor, scale: Tensor, shift: Tensor) -> bool:
         """True if these are the tensors this was prepared from, unchanged since."""
@@ -142,10 +151,12 @@ class OneDNNConv:
                 and (_fingerprint(weight), _fingerprint(scale), _fingerprint(shift))
                 == self._fingerprints)
 
-    def _entry(self, shape: torch.Size) -> tuple[Tensor, tuple[int, ...], bool] | None:
-        """(weight, output shape, is_winograd) for inputs of this shape: the packed oneDNN weight,
-        or the Winograd filter where that algorithm was chosen for the shape; None if it is not a
-        valid input (wrong rank or channels, empty batch, smaller than the kernel)."""
+    def _entry(self, shape: torch.Size) -> list | None:
+        """[weight, output shape, is_winograd] for inputs of this shape: the Winograd filter where
+        that algorithm was chosen for the shape, else the weight reordered for oneDNN, or None
+        until a call needs it (:meth:`_reordered`; a residual conv that runs as
+        ``conv1x1_residual_`` never does); None if it is not a valid input (wrong rank or
+        channels, empty batch, smaller than the kernel)."""
         if len(shape) != 4 or shape[1] != self.in_channels or shape[0] == 0:
             return None
         n, _, h, w = shape
@@ -153,7 +164,17 @@ class OneDNNConv:
         wo = (w + 2 * self.padding[1] - self.kw) // self.stride[1] + 1
         if h + 2 * self.padding[0] < self.kh or w + 2 * self.padding[1] < self.kw:
             return None
-        key = (n, h, w)
+        out_shape = (n, self.out_channels, ho, wo)
+        entry = [None, out_shape, False]
+        if self._use_winograd((n, h, w)):
+            entry = [self._winograd_u(), out_shape, True]
+        if len(self._entries) < self._MAX_ENTRIES:
+            self._entries[shape] = entry
+        return entry
+
+    def _reordered(self, shape: torch.Size) -> Tensor:
+        """The weight in oneDNN's layout for inputs of this shape (reordered on first use)."""
+        key = (shape[0], shape[2], shape[3])
         packed = self._packed.get(key)
         if packed is None:
             if len(self._packed) < self.MAX_SHAPES:
@@ -162,13 +183,7 @@ class OneDNNConv:
                 self._last = packed
             else:
                 packed = self._last
-        out_shape = (n, self.out_channels, ho, wo)
-        entry = (packed, out_shape, False)
-        if self._use_winograd(key):
-            entry = (self._winograd_u(), out_shape, True)
-        if len(self._entries) < self._MAX_ENTRIES:
-            self._entries[shape] = entry
-        return entry
+        return packed
 
     def _use_winograd(self, key: tuple[int, int, int]) -> bool:
         """Whether inputs of shape ``key`` = (N, H, W) run as Winograd, by
@@ -217,11 +232,23 @@ class OneDNNConv:
             return None
         if is_winograd:  # the residual, if any, is read; the output is a new tensor
             return _WINOGRAD(x, weight, self._source[2], residual, relu)
+        in_place = (residual is not None and residual_is_scratch
+                    and residual.is_contiguous(memory_format=torch.channels_last))
+        if self._conv1x1:  # this package's 1x1 kernel (resnet_fused.conv1x1)
+            if residual is None:
+                return _CONV1X1(x, self._conv1x1_packed(), self._source[2], self.stride, relu)
+            if not in_place:
+                residual = residual.clone(memory_format=torch.channels_last)
+            # residual = act(conv(x) + shift + residual), in place: no new activation.
+            _CONV1X1_(residual, x, self._conv1x1_packed(), self._source[2], self.stride, relu)
+            return residual
+        if weight is None:
+            weight = entry[0] = self._reordered(x.shape)
         if residual is None:
             return _CONV(x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
                          "relu" if relu else "none", [], "")
         unary = "relu" if relu else None
-        if not (residual_is_scratch and residual.is_contiguous(memory_format=torch.channels_last)):
+        if not in_place:
             if out_shape[1] > 1 and out_shape[2] * out_shape[3] > 1:
                 # A binary-add post-op reads the residual; the output is a new tensor.
                 return _CONV_BINARY(x, residual, weight, self.bias, self.padding, self.stride,
@@ -233,6 +260,13 @@ class OneDNNConv:
         # no new activation is allocated.
         return _CONV_SUM_(residual, x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
                           "add", 1.0, unary, [], "")
+
+    def _conv1x1_packed(self) -> Tensor:
+        # conv1x1_residual_'s weight: shape-independent, packed on first use.
+        if self._conv1x1_weight is None:
+            weight, scale, _ = self._source
+            self._conv1x1_weight = conv1x1.pack_weight(weight, scale, self.dtype)
+        return self._conv1x1_weight
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:

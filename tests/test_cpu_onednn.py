@@ -541,6 +541,21 @@ def test_capability_and_info(capsys):
     gemm = ("AVX-512 pipelines with their own GEMM" if winograd.pipelines_available()
             else "ATen's GEMM (no AVX512_BF16)")
     assert gemm in out
+    from resnet_fused import conv1x1
+
+    if conv1x1.available(torch.float32):
+        assert "conv1x1   auto (RESNET_FUSED_CONV1X1): 1x1 convs on this package's AVX-512" in out
+    else:
+        assert "conv1x1   auto (RESNET_FUSED_CONV1X1): unavailable (needs AVX-512)" in out
+
+
+def test_info_names_a_bad_conv1x1_setting(capsys, monkeypatch):
+    monkeypatch.setenv("RESNET_FUSED_CONV1X1", "always")
+    from resnet_fused import info
+
+    assert info.run() == 0
+    assert "conv1x1   invalid setting: RESNET_FUSED_CONV1X1 must be one of" in (
+        capsys.readouterr().out)
 
 
 def test_info_names_a_bad_winograd_setting(capsys, monkeypatch):

@@ -23,48 +23,19 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "gemm_avx512.h"
+#include "gemm_avx512_kernels.h"
 #include "winograd_cpu.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define RESNET_FUSED_HAS_WINOGRAD_AVX512 1
-#include <immintrin.h>
-#endif
 
 namespace resnet_fused::winograd {
 
-#ifdef RESNET_FUSED_HAS_WINOGRAD_AVX512
+#ifdef RESNET_FUSED_HAS_AVX512_KERNELS
 namespace {
 
-constexpr int64_t kLanes = 16;  // fp32 values (channels) per register
-constexpr __mmask16 kAll = 0xFFFF;
-
-__mmask16 tail_mask(int64_t n) {  // the first min(n, 16) lanes
-  return n >= kLanes ? kAll : static_cast<__mmask16>((uint32_t{1} << n) - 1);
-}
-
-// Loads and stores of 16 channels as fp32 registers, masked to the first lanes of `mask`.
-[[gnu::always_inline]] RESNET_FUSED_AVX512_BF16 inline __m512 load16(const c10::BFloat16* p,
-                                                                     __mmask16 mask) {
-  // bf16 -> fp32 is exact: the 16 bits become the top half of the float. (The maskz forms:
-  // the plain ones start from an "undefined" register, which GCC 12 warns about.)
-  const __m512i wide = _mm512_maskz_cvtepu16_epi32(kAll, _mm256_maskz_loadu_epi16(mask, p));
-  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, wide, 16));
-}
-
-[[gnu::always_inline]] RESNET_FUSED_AVX512_BF16 inline void store16(c10::BFloat16* p, __m512 v,
-                                                                    __mmask16 mask) {
-  _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(v));
-}
-
-[[gnu::always_inline]] RESNET_FUSED_AVX512 inline __m512 load16(const float* p, __mmask16 mask) {
-  return _mm512_maskz_loadu_ps(mask, p);
-}
-
-[[gnu::always_inline]] RESNET_FUSED_AVX512 inline void store16(float* p, __m512 v,
-                                                               __mmask16 mask) {
-  _mm512_mask_storeu_ps(p, mask, v);
-}
+using avx512::kAll;
+using avx512::kLanes;
+using avx512::load16;
+using avx512::store16;
+using avx512::tail_mask;
 
 // One pipeline's dtype (T: the activations' and V's), output tile edge M and GEMM.
 struct Bf16F23 {
@@ -137,7 +108,7 @@ RESNET_FUSED_AVX512_BF16 void output_transform(const float* m, const float* bias
         __m512 out = _mm512_add_ps(o[q], b);
         if constexpr (kResidual) out = _mm512_add_ps(out, load16(residual + at[q] + k0, kAll));
         // max(0, NaN) is NaN (maxps returns its second operand when unordered).
-        if constexpr (kRelu) out = _mm512_maskz_max_ps(kAll, _mm512_setzero_ps(), out);
+        if constexpr (kRelu) out = avx512::relu(out);
         store16(y + at[q] + k0, out, kAll);
       }
     }

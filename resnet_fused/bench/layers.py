@@ -164,7 +164,8 @@ def layer_variant(name: str, layer: ConvLayer, inputs: dict) -> tuple[Callable[[
     ``fused-<backend>``: ``resnet_fused.ops.conv_bn_act`` (the raw op).
     ``fused-onednn`` (CPU): the fused conv module ``fuse()`` builds, i.e. one oneDNN convolution
     with BN folded and ReLU / the residual add as post-ops, or for the stride-1 3x3 convs that
-    ``RESNET_FUSED_WINOGRAD``'s policy picks, the Winograd op; as in the model, the residual is
+    ``RESNET_FUSED_WINOGRAD``'s policy picks, the Winograd op, and for the 1x1 convs that
+    ``RESNET_FUSED_CONV1X1`` allows, this package's 1x1 op; as in the model, the residual is
     summed in place (each call accumulates into ``inputs["residual"]``: the first call's output
     is the checked one, later calls only cost the same).
     """

@@ -1,0 +1,106 @@
+"""1x1 convolutions on this package's AVX-512 GEMM: the CPU fast path's 1x1 convs.
+
+Two thirds of ResNet-50's convolutions are 1x1, and the one of each bottleneck block that adds the
+skip path (its conv3, or the downsample conv that takes its place in a stage's first block) is
+one of them. oneDNN runs them near this CPU's peak without a residual, but its ``sum`` post-op
+made those 4-21% slower than the same convolution alone, and at batch 1 its per-call cost shows
+(2-core Zen 4 VM; README, CPU section). ``resnet_fused::conv1x1`` and
+``resnet_fused::conv1x1_residual_`` (csrc/cpu/conv1x1_cpu.cpp) are this package's own kernel
+for them: a register-blocked GEMM (6 pixels x 64 output channels, fp32 accumulators) whose
+epilogue adds the bias, the residual (read ahead of use, summed in place) and the ReLU.
+
+The ops take the weight folded with BatchNorm's scale (in float32, one rounding to the compute
+dtype, as the oneDNN path folds it) and packed once, when a model is fused, by
+:func:`pack_weight`. :func:`path` says which convolutions take them; ``RESNET_FUSED_CONV1X1`` =
+``auto`` (default: wherever :func:`path` allows) or ``never`` (oneDNN, as before).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["PANEL", "POLICIES", "available", "pack_weight", "path", "policy"]
+
+POLICIES = ("auto", "never")
+
+# Output channels per weight panel: one micro-kernel call's columns.
+PANEL = 64
+
+_ISA = {torch.float32: ("avx512_f", "avx512_bw", "avx512_vl"),
+        torch.bfloat16: ("avx512_f", "avx512_bw", "avx512_vl", "avx512_bf16")}
+
+
+def policy() -> str:
+    """``RESNET_FUSED_CONV1X1``: ``auto`` (default) or ``never``."""
+    value = os.environ.get("RESNET_FUSED_CONV1X1", "auto").strip().lower() or "auto"
+    if value not in POLICIES:
+        raise ValueError(f"RESNET_FUSED_CONV1X1 must be one of {POLICIES}, got {value!r}")
+    return value
+
+
+def available(dtype: torch.dtype) -> bool:
+    """True if this CPU runs the op's kernels for ``dtype``: float32 needs AVX-512 F/BW/VL,
+    bfloat16 also AVX512_BF16; other dtypes never."""
+    from .onednn import cpu_capability  # (onednn imports this module)
+
+    flags = _ISA.get(dtype)
+    caps = cpu_capability()
+    return flags is not None and all(caps[flag] for flag in flags)
+
+
+def path(kernel, stride, padding, dtype: torch.dtype, c_in: int, c_out: int) -> bool:
+    """True for the convolutions the CPU fast path runs with these ops: 1x1, padding 0 (any
+    stride), C_out a multiple of 16, float32 or bfloat16 with C_in even, on a CPU where they are
+    :func:`available`, unless :func:`policy` is ``never``."""
+    return (tuple(kernel) == (1, 1) and tuple(padding) == (0, 0) and min(stride) >= 1
+            and c_out % 16 == 0 and (dtype == torch.float32 or c_in % 2 == 0)
+            and available(dtype) and policy() == "auto")
+
+
+def pack_weight(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """``weight * scale`` (computed in float32, rounded once to ``dtype``) in the op's layout.
+
+    ``weight``: (C_out, C_in, 1, 1); ``scale``: (C_out,). Returns panels of :data:`PANEL` output
+    channels, each contiguous: ``(ceil(C_out / 64), C_in, 64)`` for float32, and for bfloat16
+    ``(ceil(C_out / 64), C_in / 2, 64, 2)`` with input channels in pairs, as AVX512_BF16's dot
+    product reads them. Output channels past C_out in the last panel are zeros.
+    """
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):
+        raise ValueError(f"pack_weight: weight must be (C_out, C_in, 1, 1), got shape "
+                         f"{tuple(weight.shape)}")
+    c_out, c_in = weight.shape[:2]
+    if scale.shape != (c_out,):
+        raise ValueError(f"pack_weight: scale must have shape ({c_out},), got "
+                         f"{tuple(scale.shape)}")
+    if dtype not in _ISA:
+        raise ValueError(f"pack_weight: dtype must be float32 or bfloat16, got {dtype}")
+    if dtype == torch.bfloat16 and c_in % 2:
+        raise ValueError(f"pack_weight: bfloat16 needs an even C_in, got {c_in}")
+    folded = (weight.float().reshape(c_out, c_in) * scale.float().view(-1, 1)).to(dtype)
+    panels = -(-c_out // PANEL)
+    padded = folded.new_zeros(panels * PANEL, c_in)
+    padded[:c_out] = folded
+    by_panel = padded.t().reshape(c_in, panels, PANEL).permute(1, 0, 2)  # (panels, C_in, 64)
+    if dtype == torch.bfloat16:
+        by_panel = by_panel.reshape(panels, c_in // 2, 2, PANEL).transpose(2, 3)
+    return by_panel.contiguous()
+
+
+@torch.library.register_fake("resnet_fused::conv1x1")
+def _conv1x1_fake(input, weight, bias, stride, relu):
+    torch._check(input.dim() == 4 and bias.dim() == 1 and len(stride) == 2,
+                 lambda: "conv1x1: input must be 4-D, bias 1-D, stride two ints")
+    n, _, h, w = input.shape
+    size = (n, bias.shape[0], (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1)
+    return torch.empty(size, dtype=input.dtype, device=input.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("resnet_fused::conv1x1_residual_")
+def _conv1x1_residual_fake(residual, input, weight, bias, stride, relu):
+    torch._check(input.dim() == 4 and residual.dim() == 4,
+                 lambda: "conv1x1_residual_: input and residual must be 4-D")
+    return None
