@@ -3,105 +3,46 @@
 
     python benchmarks/cpu_winograd.py --batch 1 8 --dtype float32 bfloat16 --json out.json
 
-Times the convs where they run, inside the model's forward pass: a layer's filter then comes cold
-from memory, as it does in real use (a layer timed alone, back to back, keeps its filter in
-cache, which flatters Winograd's larger one). Two fused copies of the same random network (with
-non-trivial BatchNorm statistics) are built, one with ``RESNET_FUSED_WINOGRAD=never`` and one
-with ``always``, checked against the float64 (fp32) or fp32 (bf16) model, and then called in
-alternating order, one forward each per round; every stride-1 3x3 conv's call is timed. Prints,
-per layer, the median time of each algorithm, their ratio and the choice of ``auto``'s rule, and
-each model's median forward time. ``--json`` also writes every round's times.
+Times the convs where they run, inside the model's forward pass (``cpu_in_model.py``): a layer's
+filter then comes cold from memory, as it does in real use (a layer timed alone, back to back,
+keeps its filter in cache, which flatters Winograd's larger one). Two fused copies of the same
+random network are built, one with ``RESNET_FUSED_WINOGRAD=never`` and one with ``always``, and
+called in alternating order, one forward each per round; every stride-1 3x3 conv's call is timed.
+Prints, per layer, the median time of each algorithm, their ratio and the choice of ``auto``'s
+rule, and each model's median forward time. ``--json`` also writes every round's times.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import json
-import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
+from cpu_in_model import run_case as run_in_model
 
-# The checkout's resnet_fused (this file's repository), not whichever one is installed.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-ALGORITHMS = {"never": "direct", "always": "winograd"}
+SETTINGS = {"direct": "never", "winograd": "always"}  # label -> RESNET_FUSED_WINOGRAD
 
 
-def _timed_layers(fused, times: dict, shapes: dict) -> None:
-    """Wraps the forward of every stride-1 3x3 conv of ``fused`` to append its time to ``times``
-    and note its input's shape in ``shapes``."""
-    from resnet_fused.fused import FusedConvBNAct
-
-    for name, module in fused.named_modules():
-        if (isinstance(module, FusedConvBNAct) and module.weight.shape[2:] == (3, 3)
-                and module.stride == (1, 1)):
-            forward = module.forward
-
-            def timed(*args, _forward=forward, _name=name, **kwargs):
-                shapes[_name] = tuple(args[0].shape)
-                start = time.perf_counter()
-                out = _forward(*args, **kwargs)
-                times[_name].append(time.perf_counter() - start)
-                return out
-
-            module.forward = timed
+def _is_3x3_stride1(module) -> bool:
+    return module.weight.shape[2:] == (3, 3) and module.stride == (1, 1)
 
 
 def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
-    import resnet_fused
     from resnet_fused import winograd
-    from resnet_fused.testing import randomize_batchnorm_, relative_error, tolerance
 
-    generator = torch.Generator().manual_seed(batch)
-    model = randomize_batchnorm_(resnet_fused.resnet50(), generator).eval()
-    x = torch.randn(batch, 3, size, size, generator=generator)
-    with torch.no_grad():
-        ref = (model.double()(x.double()) if dtype == torch.float32 else model(x))
-        model.float()
-    fused, layer_times, model_times, inputs = {}, {}, {}, {}
-    previous = os.environ.get("RESNET_FUSED_WINOGRAD")
-    try:
-        for policy in ALGORITHMS:
-            os.environ["RESNET_FUSED_WINOGRAD"] = policy  # read on each shape's first call
-            f = resnet_fused.fuse(model, backend="cpu", dtype=dtype)
-            with torch.inference_mode():
-                err = relative_error(f(x).float(), ref)
-            bound = tolerance(dtype, "model")
-            if not err <= bound:
-                raise SystemExit(f"{policy}: relative error {err:.3g} > {bound:g}")
-            fused[policy] = f
-            layer_times[policy] = collections.defaultdict(list)
-            model_times[policy] = []
-            _timed_layers(f, layer_times[policy], inputs)
-    finally:
-        if previous is None:
-            os.environ.pop("RESNET_FUSED_WINOGRAD", None)
-        else:
-            os.environ["RESNET_FUSED_WINOGRAD"] = previous
-    with torch.inference_mode():
-        for _ in range(2):  # warm-up, untimed
-            for f in fused.values():
-                f(x)
-        for times in layer_times.values():
-            times.clear()
-        for r in range(rounds):
-            order = list(fused) if r % 2 == 0 else list(fused)[::-1]
-            for policy in order:
-                start = time.perf_counter()
-                fused[policy](x)
-                model_times[policy].append(time.perf_counter() - start)
+    run = run_in_model(batch, dtype, rounds, size, "RESNET_FUSED_WINOGRAD", SETTINGS,
+                       _is_3x3_stride1)
+    times = run["layers"]
     layers = []
-    for name, module in fused["always"].named_modules():
-        if name not in layer_times["always"]:
+    for name, module in run["fused"]["winograd"].named_modules():
+        if name not in times["winograd"]:
             continue
-        n, c, h, w = inputs[name]
-        direct, wino = layer_times["never"][name], layer_times["always"][name]
+        n, c, h, w = run["inputs"][name]
+        direct, wino = times["direct"][name], times["winograd"][name]
         # Under "always", images smaller than one tile still run direct (winograd.worthwhile).
         ran = module._onednn.algorithms.get((n, h, w), "direct")
         auto = winograd.worthwhile(h, w, dtype) and winograd.by_rule(n, h, w, dtype, c,
@@ -114,7 +55,7 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
                        "winograd_median_s": statistics.median(wino)})
     return {"batch": batch, "dtype": str(dtype).removeprefix("torch."), "size": size,
             "threads": torch.get_num_threads(), "rounds": rounds, "layers": layers,
-            "model_s": {ALGORITHMS[p]: t for p, t in model_times.items()}}
+            "model_s": run["model_s"]}
 
 
 def main(argv: list[str] | None = None) -> int:

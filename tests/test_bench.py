@@ -287,3 +287,27 @@ def test_report_writes_table_and_plots(tmp_path, capsys):
         for suffix in ("throughput", "layers"):
             png = tmp_path / "out" / f"run-{suffix}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("script", "labels"), [("cpu_winograd", ("direct", "winograd")),
+                                                 ("cpu_conv1x1", ("onednn", "own"))])
+def test_in_model_ab_scripts(script, labels, tmp_path, capsys, monkeypatch):
+    """benchmarks/cpu_winograd.py and cpu_conv1x1.py on a tiny input: both settings checked and
+    timed per layer, the table printed, every round in the JSON."""
+    if script == "cpu_conv1x1":
+        from resnet_fused import conv1x1
+
+        if not conv1x1.available(torch.float32):
+            pytest.skip("this CPU cannot run the 1x1 kernel (needs AVX-512)")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(script, REPO / f"benchmarks/{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "run.json"
+    assert module.main(["--batch", "1", "--dtype", "float32", "--rounds", "2", "--size", "32",
+                        "--json", str(out)]) == 0
+    assert "## batch 1, float32: model median" in capsys.readouterr().out
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["layers"] and set(case["model_s"]) == set(labels)
+    for layer in case["layers"]:
+        assert all(len(layer[f"{label}_s"]) == 2 for label in labels)

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""This package's 1x1 kernel against oneDNN for each 1x1 conv of a fused ResNet-50 (CPU).
+
+    python benchmarks/cpu_conv1x1.py --batch 1 8 --dtype float32 bfloat16 --json out.json
+
+Times the convs where they run, inside the model's forward pass (``cpu_in_model.py``): weights
+cold from memory, inputs just written by the layer before, residuals from a block earlier. Two
+fused copies of the same random network are built, one with ``RESNET_FUSED_CONV1X1=never``
+(oneDNN: its convolution with post-ops, the residual through its ``sum`` post-op) and one with
+``auto`` (``resnet_fused::conv1x1`` / ``conv1x1_residual_``), and called in alternating order,
+one forward each per round; every 1x1 conv's call is timed. Prints, per layer, the median time
+of each and the median of the per-round ratios, and each model's median forward time and ratio.
+``--json`` also writes every round's times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+
+import torch
+from cpu_in_model import median_ratio
+from cpu_in_model import run_case as run_in_model
+
+SETTINGS = {"onednn": "never", "own": "auto"}  # label -> RESNET_FUSED_CONV1X1
+
+
+def _is_1x1(module) -> bool:
+    return module.weight.shape[2:] == (1, 1)
+
+
+def _adds_residual(name: str) -> bool:
+    # In a fused bottleneck block the residual is summed by the last conv (convs.2) of an
+    # identity block, or by the skip conv of a downsample block (whose convs.2 then runs plain).
+    return name.endswith(".skip") or (name.endswith(".convs.2") and not name.endswith(".0.convs.2"))
+
+
+def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
+    run = run_in_model(batch, dtype, rounds, size, "RESNET_FUSED_CONV1X1", SETTINGS, _is_1x1)
+    times = run["layers"]
+    layers = []
+    for name, module in run["fused"]["own"].named_modules():
+        if name not in times["own"]:
+            continue
+        n, c, h, w = run["inputs"][name]
+        onednn, own = times["onednn"][name], times["own"][name]
+        layers.append({"layer": name, "c": c, "k": module.out_channels, "n": n, "h": h, "w": w,
+                       "stride": module.stride[0], "residual": _adds_residual(name),
+                       "onednn_s": onednn, "own_s": own,
+                       "onednn_median_s": statistics.median(onednn),
+                       "own_median_s": statistics.median(own),
+                       "own_over_onednn": median_ratio(own, onednn)})
+    return {"batch": batch, "dtype": str(dtype).removeprefix("torch."), "size": size,
+            "threads": torch.get_num_threads(), "rounds": rounds, "layers": layers,
+            "model_s": run["model_s"],
+            "model_own_over_onednn": median_ratio(run["model_s"]["own"],
+                                                  run["model_s"]["onednn"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16"])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--json", default=None, help="also write every round's times here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if any(b < 1 for b in args.batch):
+        parser.error(f"--batch values must be >= 1, got {args.batch}")
+    from resnet_fused import conv1x1
+
+    missing = [d for d in args.dtype if not conv1x1.available(getattr(torch, d))]
+    if missing:
+        parser.error(f"this CPU cannot run the 1x1 kernel in {', '.join(missing)} "
+                     "(needs AVX-512; bfloat16 also AVX512_BF16)")
+
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}; "
+          f"{platform.processor() or platform.machine()}; torch {torch.__version__}; "
+          f"{torch.get_num_threads()} threads; {args.rounds} rounds; input {args.size}x{args.size}")
+    cases = []
+    for dtype_name in args.dtype:
+        for batch in args.batch:
+            case = run_case(batch, getattr(torch, dtype_name), args.rounds, args.size)
+            cases.append(case)
+            model = case["model_s"]
+            print(f"\n## batch {batch}, {dtype_name}: model median "
+                  f"{statistics.median(model['onednn']) * 1e3:.1f} ms oneDNN, "
+                  f"{statistics.median(model['own']) * 1e3:.1f} ms own 1x1 kernel; "
+                  f"own / oneDNN {case['model_own_over_onednn']:.3f} (median of rounds)")
+            print(f"{'layer':<22} {'C->K':>10} {'HxW':>7} {'s':>1} {'res':>3} {'oneDNN ms':>9} "
+                  f"{'own ms':>8} {'own/oneDNN':>10}")
+            for layer in case["layers"]:
+                print(f"{layer['layer']:<22} {layer['c']:>4}->{layer['k']:<5} "
+                      f"{layer['h']:>3}x{layer['w']:<3} {layer['stride']:>1} "
+                      f"{'yes' if layer['residual'] else 'no':>3} "
+                      f"{layer['onednn_median_s'] * 1e3:>9.3f} {layer['own_median_s'] * 1e3:>8.3f} "
+                      f"{layer['own_over_onednn']:>10.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(sys.argv), "torch": torch.__version__,
+                       "cpu": platform.processor() or platform.machine(), "cases": cases}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
