@@ -1,13 +1,15 @@
-// A 1x1 convolution summed into its residual in place (CPU, AVX-512), channels_last:
+// 1x1 convolutions on this package's AVX-512 GEMM (CPU), channels_last:
 //
-//     residual = act(conv1x1(input, weight, stride) + bias + residual)
+//     conv1x1:            y        = act(conv1x1(input, weight, stride) + bias)
+//     conv1x1_residual_:  residual = act(conv1x1(input, weight, stride) + bias + residual)
 //
-// ResNet's residual convolutions are 1x1 (a bottleneck's conv3, a downsample conv). oneDNN runs
-// them with its `sum` post-op near this CPU's peak when there is no residual, but reading the
-// residual costs it 4-21% more time on ResNet-50's shapes (2-core Zen 4 VM, batch 8): its
-// kernel loads the residual only when a tile is done, from memory, and waits for it. Here
-// the residual goes into the accumulators before the reduction, prefetched one tile ahead, so the
-// loads overlap the multiply-adds; in-place, the stores then find their lines in cache.
+// Most of ResNet-50's convolutions are 1x1, and so is each bottleneck block's residual conv (its
+// conv3, or the downsample conv). oneDNN runs them near this CPU's peak without a residual, but
+// its `sum` post-op made those 4-21% slower than the conv alone on ResNet-50's shapes (2-core Zen
+// 4 VM, batch 8): it loads the residual only when a tile is done, and waits for memory. Here the
+// residual goes into the accumulators before the reduction, prefetched one tile ahead, so its
+// loads overlap the multiply-adds, and the in-place stores find their lines in cache. At batch 1
+// oneDNN's per-call cost also shows; these kernels have none to speak of.
 //
 // A 1x1 convolution on NHWC memory is a GEMM: out[pixel, k] = sum_c x[pixel', c] w[c, k], where
 // pixel' is the output pixel's input pixel (the same one at stride 1). The micro-kernels are
@@ -17,7 +19,7 @@
 // contiguous: fp32 (ceil(K/64), C, 64), bf16 pair-packed (ceil(K/64), C/2, 64, 2); the columns
 // past K in the last panel are zeros, never stored.
 //
-// Numerics: fp32 accumulation from (residual + bias), one rounding to the output dtype; the
+// Numerics: fp32 accumulation from bias (+ residual), one rounding to the output dtype; the
 // AVX512_BF16 instructions flush denormal inputs and products to zero. NaN stays NaN.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
