@@ -15,15 +15,11 @@ of each and the median of the per-round ratios, and each model's median forward 
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import platform
 import statistics
 import sys
 
 import torch
-from cpu_in_model import median_ratio
+from cpu_in_model import header, median_ratio, parse_args, write_json
 from cpu_in_model import run_case as run_in_model
 
 SETTINGS = {"onednn": "never", "own": "auto"}  # label -> RESNET_FUSED_CONV1X1
@@ -62,28 +58,14 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
-                        choices=["float32", "bfloat16"])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--size", type=int, default=224, help="input height and width")
-    parser.add_argument("--json", default=None, help="also write every round's times here")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
-    if any(b < 1 for b in args.batch):
-        parser.error(f"--batch values must be >= 1, got {args.batch}")
+    args = parse_args(__doc__.splitlines()[0], ["float32", "bfloat16"], argv)
     from resnet_fused import conv1x1
 
     missing = [d for d in args.dtype if not conv1x1.available(getattr(torch, d))]
     if missing:
-        parser.error(f"this CPU cannot run the 1x1 kernel in {', '.join(missing)} "
-                     "(needs AVX-512; bfloat16 also AVX512_BF16)")
-
-    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}; "
-          f"{platform.processor() or platform.machine()}; torch {torch.__version__}; "
-          f"{torch.get_num_threads()} threads; {args.rounds} rounds; input {args.size}x{args.size}")
+        args.error(f"this CPU cannot run the 1x1 kernel in {', '.join(missing)} "
+                   "(needs AVX-512; bfloat16 also AVX512_BF16)")
+    print(header(args))
     cases = []
     for dtype_name in args.dtype:
         for batch in args.batch:
@@ -103,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{layer['onednn_median_s'] * 1e3:>9.3f} {layer['own_median_s'] * 1e3:>8.3f} "
                       f"{layer['own_over_onednn']:>10.3f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"command": " ".join(sys.argv), "torch": torch.__version__,
-                       "cpu": platform.processor() or platform.machine(), "cases": cases}, f,
-                      indent=1)
+        write_json(args.json, cases)
     return 0
 
 

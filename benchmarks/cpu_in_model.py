@@ -10,8 +10,12 @@ timed alone, back to back, keeps both in cache). Two fused copies of the same ra
 
 from __future__ import annotations
 
+import argparse
 import collections
+import datetime
+import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -96,3 +100,34 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int, env: str,
 def median_ratio(a: list[float], b: list[float]) -> float:
     """Median of the per-round ratios a / b (load that drifts between rounds cancels)."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def parse_args(description: str, dtypes: list[str], argv: list[str] | None) -> argparse.Namespace:
+    """The scripts' common command line: --batch, --dtype, --rounds, --size, --json."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=dtypes)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--json", default=None, help="also write every round's times here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if any(b < 1 for b in args.batch):
+        parser.error(f"--batch values must be >= 1, got {args.batch}")
+    args.error = parser.error
+    return args
+
+
+def header(args: argparse.Namespace) -> str:
+    return (f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}; "
+            f"{platform.processor() or platform.machine()}; torch {torch.__version__}; "
+            f"{torch.get_num_threads()} threads; {args.rounds} rounds; "
+            f"input {args.size}x{args.size}")
+
+
+def write_json(path: str, cases: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"command": " ".join(sys.argv), "torch": torch.__version__,
+                   "cpu": platform.processor() or platform.machine(), "cases": cases}, f,
+                  indent=1)

@@ -14,14 +14,11 @@ rule, and each model's median forward time. ``--json`` also writes every round's
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import platform
 import statistics
 import sys
 
 import torch
+from cpu_in_model import header, parse_args, write_json
 from cpu_in_model import run_case as run_in_model
 
 SETTINGS = {"direct": "never", "winograd": "always"}  # label -> RESNET_FUSED_WINOGRAD
@@ -59,22 +56,8 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
-                        choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--size", type=int, default=224, help="input height and width")
-    parser.add_argument("--json", default=None, help="also write every round's times here")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
-    if any(b < 1 for b in args.batch):
-        parser.error(f"--batch values must be >= 1, got {args.batch}")
-
-    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}; "
-          f"{platform.processor() or platform.machine()}; torch {torch.__version__}; "
-          f"{torch.get_num_threads()} threads; {args.rounds} rounds; input {args.size}x{args.size}")
+    args = parse_args(__doc__.splitlines()[0], ["float32", "bfloat16", "float16"], argv)
+    print(header(args))
     cases = []
     for dtype_name in args.dtype:
         for batch in args.batch:
@@ -93,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{w / d:>11.2f}  {layer['auto']}"
                       f"{'' if layer['always_ran'] == 'winograd' else ' (smaller than a tile)'}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"command": " ".join(sys.argv), "torch": torch.__version__,
-                       "cpu": platform.processor() or platform.machine(), "cases": cases}, f,
-                      indent=1)
+        write_json(args.json, cases)
     return 0
 
 

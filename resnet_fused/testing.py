@@ -54,6 +54,19 @@ def relative_error(y: Tensor, ref: Tensor) -> float:
     return num / denom
 
 
+def assert_within_bound(y: Tensor, ref: Tensor, dtype: torch.dtype, scope: str = "op",
+                        what: str = "") -> None:
+    """Asserts ``relative_error(y, ref) <= tolerance(dtype, scope)``, saying both if not."""
+    err = relative_error(y, ref)
+    bound = tolerance(dtype, scope)
+    assert err <= bound, f"{what}relative error {err:.3g} > {bound:g} ({dtype}, {scope})"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"float32"`` for ``torch.float32``: test ids and table rows."""
+    return str(dtype).removeprefix("torch.")
+
+
 @torch.no_grad()
 def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Gives every BatchNorm random, non-trivial statistics and affine parameters, in place.
