@@ -1,4 +1,5 @@
-"""The CPU fast path of a fused model: each fused conv is one oneDNN convolution with post-ops.
+"""The CPU fast path of a fused model: each fused conv is one call, oneDNN's convolution with
+post-ops or one of this package's CPU kernels (1x1 GEMM, Winograd 3x3).
 
 ``fuse()`` builds :class:`~resnet_fused.fused.FusedConvBNAct` modules that keep the source
 network's numbers as buffers (``weight``, fp32 ``scale``/``shift``). On the CPU their forward
