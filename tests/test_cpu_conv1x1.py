@@ -113,6 +113,26 @@ def test_ops_match_reference(case, dtype, residual, relu, x_layout, generator):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
+def test_same_bits_for_any_thread_count(dtype, generator):
+    """Threads split pixels and panels, never a sum: every thread count gives the same bits
+    (here also counts that make the kernel cut the rows into more blocks)."""
+    x, weight, scale, shift, res = make_args(generator, 2, 64, 80, 20, 21, (1, 1), dtype)
+    packed = conv1x1.pack_weight(weight, scale, dtype)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3, 5):
+            torch.set_num_threads(count)
+            summed = res.clone()
+            OP_(summed, x, packed, shift, [1, 1], True)
+            results.append((OP(x, packed, shift, [1, 1], False), summed))
+    finally:
+        torch.set_num_threads(threads)
+    for plain, summed in results[1:]:
+        assert torch.equal(plain, results[0][0]) and torch.equal(summed, results[0][1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
 def test_residual_is_summed_in_its_own_buffer(dtype, generator):
     x, weight, scale, shift, res = make_args(generator, 2, 16, 32, 5, 6, (1, 1), dtype)
     ref = reference(x, weight, scale, shift, res, (1, 1), True)

@@ -129,8 +129,10 @@ template <> struct TileFor<avx512::Bf16Pairs> { using type = OutputTileBf16; };
 // How the work is split into tasks (at::parallel_for): blocks of rows (pixels) by one weight
 // panel. The rows are cut into as few equal blocks as keep a block's input rows within
 // kInputBlockBytes, so that they stay in L2 while the panels pass them and the weight is read
-// once per block (at batch 8 a 1024 x 2048 fp32 weight is 8 MiB). Equal blocks keep threads
-// balanced: 49 pixels (7x7, batch 1) are one block of 32 one-panel tasks, not 48 + 1 rows.
+// once per block (at batch 8 a 1024 x 2048 fp32 weight is 8 MiB), and as many more as make the
+// tasks a multiple of the threads. Equal blocks keep threads balanced: 49 pixels (7x7, batch 1)
+// are one block of 32 one-panel tasks, not 48 + 1 rows; a 64 -> 64 conv (one panel) at 56x56
+// is cut in two blocks at batch 1 for two threads, not left to one.
 // 512 KiB, half of a Zen 4 core's L2: budgets of 128 KiB-2 MiB timed within a few percent of one
 // another on ResNet-50's residual convs at batch 1 and 8, the weight-heavy 7x7 layers faster
 // from 256 KiB up (2-core Zen 4 VM, development runs).
@@ -143,8 +145,11 @@ void run(const typename Kind::Element* x, const typename Kind::Element* w, const
   using Tile = typename TileFor<Kind>::type;
   const int64_t pixels = s.pixels(), panels = s.panels();
   const int64_t input_bytes = pixels * s.c * static_cast<int64_t>(sizeof(Element));
-  const int64_t blocks =
-      std::max<int64_t>(1, (input_bytes + kInputBlockBytes - 1) / kInputBlockBytes);
+  int64_t blocks = std::max<int64_t>(1, (input_bytes + kInputBlockBytes - 1) / kInputBlockBytes);
+  // Every thread an equal share: more blocks until the tasks are a multiple of the threads
+  // (each block keeps at least one micro-kernel's rows).
+  const int64_t threads = at::get_num_threads();
+  while ((blocks * panels) % threads != 0 && blocks * kRows < pixels) ++blocks;
   const int64_t block_rows = ((pixels + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
   const int64_t row_blocks = (pixels + block_rows - 1) / block_rows;
   const bool strided = s.sh != 1 || s.sw != 1;
