@@ -19,7 +19,7 @@ import statistics
 import sys
 
 import torch
-from cpu_in_model import header, median_ratio, parse_args, write_json
+from cpu_in_model import median_ratio, parse_args, run_all
 from cpu_in_model import run_case as run_in_model
 
 SETTINGS = {"onednn": "never", "own": "auto"}  # label -> RESNET_FUSED_CONV1X1
@@ -65,28 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         args.error(f"this CPU cannot run the 1x1 kernel in {', '.join(missing)} "
                    "(needs AVX-512; bfloat16 also AVX512_BF16)")
-    print(header(args))
-    cases = []
-    for dtype_name in args.dtype:
-        for batch in args.batch:
-            case = run_case(batch, getattr(torch, dtype_name), args.rounds, args.size)
-            cases.append(case)
-            model = case["model_s"]
-            print(f"\n## batch {batch}, {dtype_name}: model median "
-                  f"{statistics.median(model['onednn']) * 1e3:.1f} ms oneDNN, "
-                  f"{statistics.median(model['own']) * 1e3:.1f} ms own 1x1 kernel; "
-                  f"own / oneDNN {case['model_own_over_onednn']:.3f} (median of rounds)")
-            print(f"{'layer':<22} {'C->K':>10} {'HxW':>7} {'s':>1} {'res':>3} {'oneDNN ms':>9} "
-                  f"{'own ms':>8} {'own/oneDNN':>10}")
-            for layer in case["layers"]:
-                print(f"{layer['layer']:<22} {layer['c']:>4}->{layer['k']:<5} "
-                      f"{layer['h']:>3}x{layer['w']:<3} {layer['stride']:>1} "
-                      f"{'yes' if layer['residual'] else 'no':>3} "
-                      f"{layer['onednn_median_s'] * 1e3:>9.3f} {layer['own_median_s'] * 1e3:>8.3f} "
-                      f"{layer['own_over_onednn']:>10.3f}")
-    if args.json:
-        write_json(args.json, cases)
-    return 0
+    return run_all(args, run_case, _report)
+
+
+def _report(case: dict) -> None:
+    model = case["model_s"]
+    print(f"\n## batch {case['batch']}, {case['dtype']}: model median "
+          f"{statistics.median(model['onednn']) * 1e3:.1f} ms oneDNN, "
+          f"{statistics.median(model['own']) * 1e3:.1f} ms own 1x1 kernel; "
+          f"own / oneDNN {case['model_own_over_onednn']:.3f} (median of rounds)")
+    print(f"{'layer':<22} {'C->K':>10} {'HxW':>7} {'s':>1} {'res':>3} {'oneDNN ms':>9} "
+          f"{'own ms':>8} {'own/oneDNN':>10}")
+    for layer in case["layers"]:
+        print(f"{layer['layer']:<22} {layer['c']:>4}->{layer['k']:<5} "
+              f"{layer['h']:>3}x{layer['w']:<3} {layer['stride']:>1} "
+              f"{'yes' if layer['residual'] else 'no':>3} "
+              f"{layer['onednn_median_s'] * 1e3:>9.3f} {layer['own_median_s'] * 1e3:>8.3f} "
+              f"{layer['own_over_onednn']:>10.3f}")
 
 
 if __name__ == "__main__":

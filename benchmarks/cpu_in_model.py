@@ -119,6 +119,21 @@ def parse_args(description: str, dtypes: list[str], argv: list[str] | None) -> a
     return args
 
 
+def run_all(args: argparse.Namespace, run_case: Callable, report: Callable) -> int:
+    """Prints the header, runs ``run_case(batch, dtype, rounds, size)`` for every dtype and batch
+    asked for, ``report(case)`` after each, and writes the JSON if asked."""
+    print(header(args))
+    cases = []
+    for dtype_name in args.dtype:
+        for batch in args.batch:
+            case = run_case(batch, getattr(torch, dtype_name), args.rounds, args.size)
+            cases.append(case)
+            report(case)
+    if args.json:
+        write_json(args.json, cases)
+    return 0
+
+
 def header(args: argparse.Namespace) -> str:
     return (f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}; "
             f"{platform.processor() or platform.machine()}; torch {torch.__version__}; "

@@ -18,7 +18,7 @@ import statistics
 import sys
 
 import torch
-from cpu_in_model import header, parse_args, write_json
+from cpu_in_model import parse_args, run_all
 from cpu_in_model import run_case as run_in_model
 
 SETTINGS = {"direct": "never", "winograd": "always"}  # label -> RESNET_FUSED_WINOGRAD
@@ -57,27 +57,22 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], ["float32", "bfloat16", "float16"], argv)
-    print(header(args))
-    cases = []
-    for dtype_name in args.dtype:
-        for batch in args.batch:
-            case = run_case(batch, getattr(torch, dtype_name), args.rounds, args.size)
-            cases.append(case)
-            print(f"\n## batch {batch}, {dtype_name}: model median "
-                  f"{statistics.median(case['model_s']['direct']) * 1e3:.1f} ms direct, "
-                  f"{statistics.median(case['model_s']['winograd']) * 1e3:.1f} ms Winograd "
-                  "(every eligible conv)")
-            print(f"{'layer':<22} {'C->K':>9} {'HxW':>7} {'tiles':>5} {'direct ms':>9} "
-                  f"{'wino ms':>8} {'wino/direct':>11}  auto")
-            for layer in case["layers"]:
-                d, w = layer["direct_median_s"] * 1e3, layer["winograd_median_s"] * 1e3
-                print(f"{layer['layer']:<22} {layer['c']:>4}->{layer['k']:<4} "
-                      f"{layer['h']:>3}x{layer['w']:<3} {layer['tiles']:>5} {d:>9.3f} {w:>8.3f} "
-                      f"{w / d:>11.2f}  {layer['auto']}"
-                      f"{'' if layer['always_ran'] == 'winograd' else ' (smaller than a tile)'}")
-    if args.json:
-        write_json(args.json, cases)
-    return 0
+    return run_all(args, run_case, _report)
+
+
+def _report(case: dict) -> None:
+    print(f"\n## batch {case['batch']}, {case['dtype']}: model median "
+          f"{statistics.median(case['model_s']['direct']) * 1e3:.1f} ms direct, "
+          f"{statistics.median(case['model_s']['winograd']) * 1e3:.1f} ms Winograd "
+          "(every eligible conv)")
+    print(f"{'layer':<22} {'C->K':>9} {'HxW':>7} {'tiles':>5} {'direct ms':>9} "
+          f"{'wino ms':>8} {'wino/direct':>11}  auto")
+    for layer in case["layers"]:
+        d, w = layer["direct_median_s"] * 1e3, layer["winograd_median_s"] * 1e3
+        print(f"{layer['layer']:<22} {layer['c']:>4}->{layer['k']:<4} "
+              f"{layer['h']:>3}x{layer['w']:<3} {layer['tiles']:>5} {d:>9.3f} {w:>8.3f} "
+              f"{w / d:>11.2f}  {layer['auto']}"
+              f"{'' if layer['always_ran'] == 'winograd' else ' (smaller than a tile)'}")
 
 
 if __name__ == "__main__":
