@@ -57,14 +57,18 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
                                                   run["model_s"]["onednn"])}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], ["float32", "bfloat16"], argv)
+def _check(args) -> str | None:
     from resnet_fused import conv1x1
 
     missing = [d for d in args.dtype if not conv1x1.available(getattr(torch, d))]
     if missing:
-        args.error(f"this CPU cannot run the 1x1 kernel in {', '.join(missing)} "
-                   "(needs AVX-512; bfloat16 also AVX512_BF16)")
+        return (f"this CPU cannot run the 1x1 kernel in {', '.join(missing)} "
+                "(needs AVX-512; bfloat16 also AVX512_BF16)")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], ["float32", "bfloat16"], argv, _check)
     return run_all(args, run_case, _report)
 
 

@@ -102,8 +102,11 @@ def median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
-def parse_args(description: str, dtypes: list[str], argv: list[str] | None) -> argparse.Namespace:
-    """The scripts' common command line: --batch, --dtype, --rounds, --size, --json."""
+def parse_args(description: str, dtypes: list[str], argv: list[str] | None,
+               check: Callable[[argparse.Namespace], str | None] | None = None
+               ) -> argparse.Namespace:
+    """The scripts' common command line: --batch, --dtype, --rounds, --size, --json; ``check``
+    returns what else is wrong with the arguments (a usage error), or None."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=dtypes)
@@ -115,7 +118,9 @@ def parse_args(description: str, dtypes: list[str], argv: list[str] | None) -> a
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if any(b < 1 for b in args.batch):
         parser.error(f"--batch values must be >= 1, got {args.batch}")
-    args.error = parser.error
+    problem = check(args) if check is not None else None
+    if problem:
+        parser.error(problem)
     return args
 
 

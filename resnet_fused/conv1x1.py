@@ -22,16 +22,14 @@ import os
 import torch
 from torch import Tensor
 
+from .folding import fold_scale
+
 __all__ = ["PANEL", "POLICIES", "available", "pack_weight", "path", "policy"]
 
 POLICIES = ("auto", "never")
 
 # Output channels per weight panel: one micro-kernel call's columns.
 PANEL = 64
-
-_ISA = {torch.float32: ("avx512_f", "avx512_bw", "avx512_vl"),
-        torch.bfloat16: ("avx512_f", "avx512_bw", "avx512_vl", "avx512_bf16")}
-
 
 def policy() -> str:
     """``RESNET_FUSED_CONV1X1``: ``auto`` (default) or ``never``."""
@@ -44,11 +42,11 @@ def policy() -> str:
 def available(dtype: torch.dtype) -> bool:
     """True if this CPU runs the op's kernels for ``dtype``: float32 needs AVX-512 F/BW/VL,
     bfloat16 also AVX512_BF16; other dtypes never."""
-    from .onednn import cpu_capability  # (onednn imports this module)
+    from .onednn import avx512_kernels_available  # (onednn imports this module)
 
-    flags = _ISA.get(dtype)
-    caps = cpu_capability()
-    return flags is not None and all(caps[flag] for flag in flags)
+    if dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return avx512_kernels_available(bf16=dtype == torch.bfloat16)
 
 
 def path(kernel, stride, padding, dtype: torch.dtype, c_in: int, c_out: int) -> bool:
@@ -75,11 +73,11 @@ def pack_weight(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     if scale.shape != (c_out,):
         raise ValueError(f"pack_weight: scale must have shape ({c_out},), got "
                          f"{tuple(scale.shape)}")
-    if dtype not in _ISA:
+    if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"pack_weight: dtype must be float32 or bfloat16, got {dtype}")
     if dtype == torch.bfloat16 and c_in % 2:
         raise ValueError(f"pack_weight: bfloat16 needs an even C_in, got {c_in}")
-    folded = (weight.float().reshape(c_out, c_in) * scale.float().view(-1, 1)).to(dtype)
+    folded = fold_scale(weight, scale, dtype).reshape(c_out, c_in)
     panels = -(-c_out // PANEL)
     padded = folded.new_zeros(panels * PANEL, c_in)
     padded[:c_out] = folded

@@ -39,3 +39,11 @@ def fold_batchnorm(
     if conv_bias is not None:
         shift = shift + conv_bias.detach().double() * scale
     return scale.float().contiguous(), shift.float().contiguous()
+
+
+def fold_scale(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """``weight * scale`` per output channel (dim 0), computed in fp32 and rounded once to
+    ``dtype``: the folded weight of the CPU fast path's direct and 1x1 convolutions. In fp32 that
+    changes each weight by at most half an ulp; in bf16 it is one more rounding of each weight."""
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    return (weight.float() * scale.float().view(shape)).to(dtype)

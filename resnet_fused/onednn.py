@@ -42,8 +42,9 @@ import torch
 from torch import Tensor
 
 from . import conv1x1, winograd
+from .folding import fold_scale
 
-__all__ = ["OneDNNConv", "cpu_capability", "fast_dtypes"]
+__all__ = ["OneDNNConv", "avx512_kernels_available", "cpu_capability", "fast_dtypes"]
 
 # The ISA features that decide which oneDNN kernels run (torch's own cpuinfo probe).
 _ISA_FLAGS = ("avx2", "avx512_f", "avx512_bw", "avx512_vl", "avx512_vnni", "avx512_bf16",
@@ -70,6 +71,19 @@ def cpu_capability() -> dict:
         "onednn_fp16": onednn and bool(torch.ops.mkldnn._is_mkldnn_fp16_supported()),
     }
     return caps
+
+
+# What this package's AVX-512 kernels need (csrc/cpu/gemm_avx512.h: avx512_available and
+# avx512_bf16_available check the same features in C++).
+_AVX512_KERNEL_ISA = ("avx512_f", "avx512_bw", "avx512_vl")
+
+
+def avx512_kernels_available(bf16: bool) -> bool:
+    """True if this CPU runs the package's AVX-512 GEMM kernels: AVX-512 F/BW/VL, and for the
+    bfloat16 ones (``bf16``) AVX512_BF16 too."""
+    caps = cpu_capability()
+    flags = _AVX512_KERNEL_ISA + (("avx512_bf16",) if bf16 else ())
+    return all(caps[flag] for flag in flags)
 
 
 @functools.cache  # asked on every classifier call; the CPU and the torch build do not change
@@ -215,8 +229,7 @@ class OneDNNConv:
         # fp32 fold, one rounding to the compute dtype; channels_last (K, R, S, C memory) is what
         # the reorder reads fastest. Not kept: a new shape is rare, the memory is not.
         weight, scale, _ = self._source
-        folded = weight.float() * scale.float().view(-1, 1, 1, 1)
-        return folded.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return fold_scale(weight, scale, self.dtype).contiguous(memory_format=torch.channels_last)
 
     def run(self, x: Tensor, residual: Tensor | None, relu: bool,
             residual_is_scratch: bool = False) -> Tensor | None:

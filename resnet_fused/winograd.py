@@ -115,19 +115,14 @@ def transform_filter(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tenso
     return u.reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
 
 
-# The CPU features the op's AVX-512 pipelines (csrc/cpu/winograd_avx512.cpp) need, as
-# onednn.cpu_capability names them; the C++ checks the same ones (avx512_bf16_available).
-_PIPELINE_ISA = ("avx512_f", "avx512_bw", "avx512_vl", "avx512_bf16")
-
-
 def pipelines_available() -> bool:
     """True on CPUs with AVX512_BF16: there the op runs bfloat16 F(2,3) and float32 F(4,3) on
     its own AVX-512 pipelines (intrinsic transforms, its own GEMM, blocks of tiles kept in cache,
     the GEMM's results kept in float32)."""
-    from .onednn import cpu_capability  # (onednn imports this module)
+    from .onednn import avx512_kernels_available  # (onednn imports this module)
 
-    caps = cpu_capability()
-    return all(caps[flag] for flag in _PIPELINE_ISA)
+    # Both pipelines: their transforms are compiled once, with AVX512_BF16's target.
+    return avx512_kernels_available(bf16=True)
 
 
 def pipeline_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:

@@ -46,6 +46,7 @@ struct Shape {
 #ifdef RESNET_FUSED_HAS_AVX512_KERNELS
 
 using avx512::kRows;
+static_assert(kPanel == avx512::kBlockColumns, "a weight panel is one micro-kernel's columns");
 
 // A tile's epilogue policy for the micro-kernels. The accumulators start as bias (+ the tile's
 // residual, read from `out` itself, when `accumulate`) and end, after ReLU, rounded into `out`.
@@ -167,12 +168,8 @@ void run(const typename Kind::Element* x, const typename Kind::Element* w, const
       const Element* panel = w + q * s.c * kPanel;  // (C, 64), or (C/2, 64, 2) for bf16
       for (int64_t r = r0; r < r1; r += kRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kRows, r1 - r));
-        const Element* a_rows[kRows];
-        if (!strided && rows == kRows) {
-          for (int i = 0; i < kRows; ++i) a_rows[i] = x + (r + i) * s.c;
-        } else {
-          for (int i = 0; i < kRows; ++i) a_rows[i] = input_row(std::min(r + i, r1 - 1));
-        }
+        const Element* a_rows[kRows];  // past the last row: repeats of it, never used
+        for (int i = 0; i < kRows; ++i) a_rows[i] = input_row(std::min(r + i, r1 - 1));
         // The next tile: the next rows, else the next task's first (next panel, or next block).
         const Element* next = nullptr;
         if (r + kRows < r1) {
@@ -189,11 +186,7 @@ void run(const typename Kind::Element* x, const typename Kind::Element* w, const
         tile.accumulate = accumulate;
         tile.relu = relu;
         tile.next = next;
-        if (rows == kRows && vectors == avx512::kVectors) {
-          Kind::template micro<kRows, avx512::kVectors>(a_rows, panel, s.c, kPanel, tile);
-        } else {
-          avx512::micro_any<Kind>(rows, vectors, a_rows, panel, s.c, kPanel, tile);
-        }
+        avx512::micro_any<Kind>(rows, vectors, a_rows, panel, s.c, kPanel, tile);
       }
     }
   });

@@ -6,6 +6,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 #include "gemm_avx512_kernels.h"
 
 namespace resnet_fused {
@@ -40,41 +42,22 @@ struct StoreTile {
   }
 };
 
-// All rows for one block of columns (Vectors vectors wide): kRows rows per micro-kernel call.
-template <typename Kind, int Vectors>
-void column_block(const typename Kind::Element* a, int64_t rows, int64_t lda,
-                  const typename Kind::Element* b, int64_t ldb, int64_t c, float* out,
-                  int64_t ldo) {
-  for (int64_t r = 0; r < rows; r += kRows) {
-    const typename Kind::Element* a_rows[kRows];
-    for (int i = 0; i < kRows; ++i) a_rows[i] = a + (r + i) * lda;
-    const StoreTile tile{out + r * ldo, ldo};
-    if (r + kRows <= rows) {
-      Kind::template micro<kRows, Vectors>(a_rows, b, c, ldb, tile);
-    } else {
-      avx512::micro_rows<Kind, Vectors>(static_cast<int>(rows - r), a_rows, b, c, ldb, tile);
-    }
-  }
-}
-
-// Column blocks outermost: a block's slice of B (c x 64 columns, at most 128 KiB for c = 512
-// in fp32) stays in L2 while every row of A passes it.
+// Column blocks (64 columns, fewer in the last) outermost: a block's slice of B (c x 64 columns,
+// at most 128 KiB for c = 512 in fp32) stays in L2 while every row of A passes it; kRows rows of
+// A per micro-kernel call.
 template <typename Kind>
 void gemm(const typename Kind::Element* a, int64_t rows, int64_t lda,
           const typename Kind::Element* b, int64_t ldb, int64_t c, int64_t n, float* out,
           int64_t ldo) {
-  constexpr int64_t kBlock = avx512::kBlockColumns;
-  int64_t col = 0;
-  for (; col + kBlock <= n; col += kBlock) {
-    column_block<Kind, avx512::kVectors>(a, rows, lda, b + Kind::column_offset(col), ldb, c,
-                                         out + col, ldo);
-  }
-  const auto* bc = b + Kind::column_offset(col);
-  switch ((n - col) / kGemmColumns) {
-    case 3: column_block<Kind, 3>(a, rows, lda, bc, ldb, c, out + col, ldo); break;
-    case 2: column_block<Kind, 2>(a, rows, lda, bc, ldb, c, out + col, ldo); break;
-    case 1: column_block<Kind, 1>(a, rows, lda, bc, ldb, c, out + col, ldo); break;
-    default: break;
+  for (int64_t col = 0; col < n; col += avx512::kBlockColumns) {
+    const int vectors = static_cast<int>(std::min(avx512::kBlockColumns, n - col) / kGemmColumns);
+    for (int64_t r = 0; r < rows; r += kRows) {
+      const typename Kind::Element* a_rows[kRows];
+      for (int i = 0; i < kRows; ++i) a_rows[i] = a + (r + i) * lda;
+      avx512::micro_any<Kind>(static_cast<int>(std::min<int64_t>(kRows, rows - r)), vectors,
+                              a_rows, b + Kind::column_offset(col), c, ldb,
+                              StoreTile{out + r * ldo + col, ldo});
+    }
   }
 }
 

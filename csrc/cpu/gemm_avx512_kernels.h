@@ -35,7 +35,7 @@ constexpr int kRows = 6;     // rows of A per micro-kernel call, at most
 constexpr int kVectors = 4;  // 16-column vectors of B per micro-kernel call, at most
 constexpr int64_t kBlockColumns = kVectors * kGemmColumns;
 
-constexpr int64_t kLanes = 16;  // fp32 values (channels) per register
+constexpr int64_t kLanes = kGemmColumns;  // fp32 values (channels) per register
 constexpr __mmask16 kAll = 0xFFFF;
 
 inline __mmask16 tail_mask(int64_t n) {  // the first min(n, 16) lanes
@@ -90,7 +90,9 @@ struct Bf16Pairs {
         int32_t a_pair;
         std::memcpy(&a_pair, a[r] + 2 * pair, sizeof(a_pair));
         const __m512bh av = (__m512bh)_mm512_set1_epi32(a_pair);
-        RESNET_FUSED_UNROLL for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
+        RESNET_FUSED_UNROLL for (int v = 0; v < Vectors; ++v) {
+          acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
+        }
       }
     }
     tile.finish(acc);
@@ -116,7 +118,9 @@ struct F32 {
       }
       RESNET_FUSED_UNROLL for (int r = 0; r < Rows; ++r) {
         const __m512 av = _mm512_set1_ps(a[r][ci]);
-        RESNET_FUSED_UNROLL for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+        RESNET_FUSED_UNROLL for (int v = 0; v < Vectors; ++v) {
+          acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+        }
       }
     }
     tile.finish(acc);
@@ -126,7 +130,8 @@ struct F32 {
 };
 
 // Kind::micro<Rows, Vectors> with Rows and Vectors known only at run time (1..kRows,
-// 1..kVectors): the tails of a GEMM.
+// 1..kVectors), so that one loop covers a GEMM's full tiles and its tails (a switch per call of
+// hundreds of cycles costs nothing measurable).
 template <typename Kind, int Vectors, class Tile>
 void micro_rows(int rows, const typename Kind::Element* const* a,
                 const typename Kind::Element* b, int64_t c, int64_t ldb, const Tile& tile) {
