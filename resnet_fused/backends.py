@@ -55,6 +55,15 @@ def parse_device(name: str | None) -> torch.device:
     return device
 
 
+def env_choice(variable: str, choices: tuple[str, ...]) -> str:
+    """The environment variable ``variable``, trimmed and lower-cased, as one of ``choices``;
+    unset or empty gives ``choices[0]``, anything else is a ValueError naming the variable."""
+    value = os.environ.get(variable, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{variable} must be one of {choices}, got {value!r}")
+    return value
+
+
 def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

@@ -17,11 +17,10 @@ dtype, as the oneDNN path folds it) and packed once, when a model is fused, by
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
+from .backends import env_choice
 from .folding import fold_scale
 
 __all__ = ["PANEL", "POLICIES", "available", "pack_weight", "path", "policy"]
@@ -33,10 +32,7 @@ PANEL = 64
 
 def policy() -> str:
     """``RESNET_FUSED_CONV1X1``: ``auto`` (default) or ``never``."""
-    value = os.environ.get("RESNET_FUSED_CONV1X1", "auto").strip().lower() or "auto"
-    if value not in POLICIES:
-        raise ValueError(f"RESNET_FUSED_CONV1X1 must be one of {POLICIES}, got {value!r}")
-    return value
+    return env_choice("RESNET_FUSED_CONV1X1", POLICIES)
 
 
 def available(dtype: torch.dtype) -> bool:

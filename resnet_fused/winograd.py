@@ -22,10 +22,10 @@ one's bytes, must still be read whole. :func:`policy` says how the CPU fast path
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
+
+from .backends import env_choice
 
 __all__ = ["MIN_TILES", "MIN_TILES_F32_PIPELINE", "POLICIES", "by_rule", "eligible", "min_tiles",
            "pack_filter", "pipeline_path", "pipelines_available", "policy", "tile_size", "tiles",
@@ -58,10 +58,7 @@ _G = {
 
 def policy() -> str:
     """``RESNET_FUSED_WINOGRAD``: ``auto`` (default), ``always`` or ``never``."""
-    value = os.environ.get("RESNET_FUSED_WINOGRAD", "auto").strip().lower() or "auto"
-    if value not in POLICIES:
-        raise ValueError(f"RESNET_FUSED_WINOGRAD must be one of {POLICIES}, got {value!r}")
-    return value
+    return env_choice("RESNET_FUSED_WINOGRAD", POLICIES)
 
 
 def tile_size(dtype: torch.dtype) -> int:
