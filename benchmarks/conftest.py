@@ -83,6 +83,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-layers", default=None,
                     help="only these layers, comma-separated module names of the reference "
                          "model (e.g. conv1,layer4.0.conv2)")
+    group.addoption("--bench-finetune-batches", default="8",
+                    help="comma-separated batch sizes of the fine-tuning step (default: 8)")
     group.addoption("--bench-rounds", type=int, default=None,
                     help="timed rounds per case (default: 30 GPU, 5 CPU)")
     group.addoption("--bench-warmup", type=int, default=None,
@@ -187,6 +189,15 @@ def pytest_generate_tests(metafunc):
         dtypes = _split(config.getoption("--bench-dtypes"), _cpu_dtypes())
         cases = [(m, b, d) for m in models for b in batches for d in dtypes]
         metafunc.parametrize("side_by_side", cases,
+                             ids=[f"{m}-bs{b}-{d}" for m, b, d in cases])
+    if "finetune_step" in names:
+        # The frozen-BN fine-tuning step (test_finetune_step.py): resnet50 unless models are named.
+        named = config.getoption("--bench-models")
+        models = ["resnet50"] if named == _MODELS_DEFAULT else _split(named, "resnet50")
+        batches = [int(b) for b in _split(config.getoption("--bench-finetune-batches"), "8")]
+        dtypes = _split(config.getoption("--bench-dtypes"), _cpu_dtypes())
+        cases = [(m, b, d) for m in models for b in batches for d in dtypes]
+        metafunc.parametrize("finetune_step", cases,
                              ids=[f"{m}-bs{b}-{d}" for m, b, d in cases])
     if "layer_side_by_side" in names:
         layers = _selected_layers(config)

@@ -20,18 +20,12 @@ interleaved round (all variants), recorded for completeness.
 from __future__ import annotations
 
 import statistics
-import time
 
 import pytest
 import torch
+from interleaved import run_rounds, spread
 
 from resnet_fused import bench
-
-
-def _spread(times: list[float]) -> dict:
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "q1_s": q[0], "q3_s": q[2], "rounds": len(times)}
 
 
 def test_side_by_side(benchmark, bench_config, model_cache, side_by_side):
@@ -55,29 +49,12 @@ def test_side_by_side(benchmark, bench_config, model_cache, side_by_side):
             err = bench.check_output(name, variant.fn(), ref, dtype, device)
             info[name] = {"rel_error": err, "setup_s": variant.setup_s, "note": variant.note}
             variants.append(variant)
-        for variant in variants:  # warm-up, untimed
-            for _ in range(bench_config.warmup):
-                variant.fn()
-        times: dict[str, list[float]] = {v.name: [] for v in variants}
         rounds = bench_config.rounds if bench_config.enabled else 1
-        state = {"round": 0}
-
-        def one_round() -> None:
-            k = state["round"] % len(variants)
-            # Rotated each round: no variant always runs first or right after another one.
-            for variant in variants[k:] + variants[:k]:
-                times[variant.name] += bench.time_fn(variant.fn, device, warmup=0, reps=1).times
-            state["round"] += 1
-
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0, iterations=1)
-        # Share of this process's threads that ran (see conftest.py's `timed`): ~1 when the
-        # cores were ours, well below when other work held them.
-        busy = (time.process_time() - cpu0) / ((time.perf_counter() - wall0)
-                                               * torch.get_num_threads())
-        benchmark.extra_info["cpu_busy"] = round(busy, 3)
+        times, busy = run_rounds(benchmark, {v.name: v.fn for v in variants}, rounds,
+                                 bench_config.warmup, device)
+        benchmark.extra_info["cpu_busy"] = busy
         for name, t in times.items():
-            info[name].update(_spread(t), times_s=t, images_per_s=batch / statistics.median(t))
+            info[name].update(spread(t), times_s=t, images_per_s=batch / statistics.median(t))
         benchmark.extra_info["side_by_side"] = info
     finally:
         variants.clear()
@@ -86,26 +63,6 @@ def test_side_by_side(benchmark, bench_config, model_cache, side_by_side):
 
 
 LAYER_VARIANTS = ("onednn-conv", "fused-onednn", "conv")
-
-
-def _interleave(benchmark, bench_config, fns: dict, device) -> dict[str, list[float]]:
-    """Warm-up, then rounds of one call per variant in a rotating order; times per variant."""
-    for fn in fns.values():
-        for _ in range(bench_config.warmup):
-            fn()
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    state = {"round": 0}
-
-    def one_round() -> None:
-        k = state["round"] % len(names)
-        for name in names[k:] + names[:k]:
-            times[name] += bench.time_fn(fns[name], device, warmup=0, reps=1).times
-        state["round"] += 1
-
-    rounds = bench_config.rounds if bench_config.enabled else 1
-    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0, iterations=1)
-    return times
 
 
 def test_layer_side_by_side(benchmark, bench_config, layer_side_by_side):
@@ -131,7 +88,9 @@ def test_layer_side_by_side(benchmark, bench_config, layer_side_by_side):
         info[name] = {"rel_error": bench.check_output(f"{layer.name} {name}", fn(), ref, dtype,
                                                       device, scope="op")}
         fns[name] = fn
-    times = _interleave(benchmark, bench_config, fns, device)
+    rounds = bench_config.rounds if bench_config.enabled else 1
+    times, busy = run_rounds(benchmark, fns, rounds, bench_config.warmup, device)
+    benchmark.extra_info["cpu_busy"] = busy
     for name, t in times.items():
-        info[name].update(_spread(t), times_s=t)
+        info[name].update(spread(t), times_s=t)
     benchmark.extra_info["side_by_side"] = info

@@ -18,6 +18,12 @@ TORCH_LIBRARY(resnet_fused, m) {
       "int[2] stride, int[2] padding, bool relu) -> Tensor");
   // y = relu(x + residual); the output has x's memory format.
   m.def("add_relu(Tensor x, Tensor residual) -> Tensor");
+  // conv_bn_act's backward epilogue (resnet_fused/autograd.py), CPU: dz = grad, 0 where
+  // out <= 0 (with relu; as torch.relu's backward), returns (dz * scale, dz), both channels_last
+  // in grad's dtype; dz is an empty tensor unless `masked`.
+  m.def(
+      "conv_bn_act_grad_epilogue(Tensor grad, Tensor out, Tensor scale, bool relu, bool masked) "
+      "-> (Tensor, Tensor)");
 
   // --- CUDA implementations, by name (csrc/impls.h) ---------------------------------------------
   // conv_bn_act through one named CUDA implementation ("mma_sync", "sm90_cutlass" or

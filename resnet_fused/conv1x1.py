@@ -20,10 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .autograd import conv_epilogue_backward
 from .backends import env_choice
 from .folding import fold_scale
 
-__all__ = ["PANEL", "POLICIES", "available", "pack_weight", "path", "policy"]
+__all__ = ["PANEL", "POLICIES", "available", "pack_weight", "path", "policy", "unpack_weight"]
 
 POLICIES = ("auto", "never")
 
@@ -73,14 +74,57 @@ def pack_weight(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
         raise ValueError(f"pack_weight: dtype must be float32 or bfloat16, got {dtype}")
     if dtype == torch.bfloat16 and c_in % 2:
         raise ValueError(f"pack_weight: bfloat16 needs an even C_in, got {c_in}")
-    folded = fold_scale(weight, scale, dtype).reshape(c_out, c_in)
+    return _in_panels(fold_scale(weight, scale, dtype).reshape(c_out, c_in))
+
+
+def _in_panels(matrix: Tensor) -> Tensor:
+    """A (C_out, C_in) matrix in the op's packed layout (see :func:`pack_weight`)."""
+    c_out, c_in = matrix.shape
     panels = -(-c_out // PANEL)
-    padded = folded.new_zeros(panels * PANEL, c_in)
-    padded[:c_out] = folded
+    padded = matrix.new_zeros(panels * PANEL, c_in)
+    padded[:c_out] = matrix
     by_panel = padded.t().reshape(c_in, panels, PANEL).permute(1, 0, 2)  # (panels, C_in, 64)
-    if dtype == torch.bfloat16:
+    if matrix.dtype == torch.bfloat16:
         by_panel = by_panel.reshape(panels, c_in // 2, 2, PANEL).transpose(2, 3)
     return by_panel.contiguous()
+
+
+def unpack_weight(packed: Tensor, c_in: int, c_out: int) -> Tensor:
+    """The (C_out, C_in, 1, 1) folded weight a :func:`pack_weight` result holds (a view where
+    the layout allows): the convolution the op computes."""
+    panels = packed.shape[0]
+    if packed.dim() == 4:  # bfloat16: (panels, C_in / 2, 64, 2)
+        by_panel = packed.transpose(2, 3).reshape(panels, c_in, PANEL)
+    else:
+        by_panel = packed
+    return by_panel.permute(0, 2, 1).reshape(panels * PANEL, c_in)[:c_out].view(c_out, c_in, 1, 1)
+
+
+# conv1x1's backward: the op is act(conv2d(input, unpack_weight(weight), stride) + bias), so its
+# gradients are that convolution's, taken back into the packed layout. conv1x1_residual_ writes
+# in place and has none: its C++ autograd kernel refuses inputs that require grad (fused models
+# use resnet_fused::conv_bn_act while gradients are recorded).
+
+
+def _conv1x1_setup(ctx, inputs, output) -> None:
+    input, weight, _bias, stride, relu = inputs
+    ctx.stride, ctx.relu = list(stride), relu
+    ctx.save_for_backward(input, weight, output)
+
+
+def _conv1x1_backward(ctx, grad: Tensor):
+    input, packed, out = ctx.saved_tensors
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    weight = unpack_weight(packed, input.shape[1], out.shape[1])
+    d_input, d_weight, _, d_bias, _ = conv_epilogue_backward(
+        grad, out, input, weight, None, ctx.stride, [0, 0], ctx.relu,
+        (need_input, need_weight, False, need_bias, False))
+    d_packed = None if d_weight is None else _in_panels(d_weight.reshape(d_weight.shape[:2]))
+    return d_input, d_packed, d_bias, None, None
+
+
+torch.library.register_autograd("resnet_fused::conv1x1", _conv1x1_backward,
+                                setup_context=_conv1x1_setup)
 
 
 @torch.library.register_fake("resnet_fused::conv1x1")

@@ -14,17 +14,38 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+_FROZEN_BN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def is_frozen_batchnorm(module: nn.Module) -> bool:
+    """True for a ``FrozenBatchNorm2d`` (torchvision's ``torchvision.ops.FrozenBatchNorm2d``, the
+    BatchNorm of its detection backbones, or timm's): recognised by its class name and its four
+    buffers, so neither library needs to be installed."""
+    return (type(module).__name__ == "FrozenBatchNorm2d" and hasattr(module, "eps")
+            and all(isinstance(module._buffers.get(b), Tensor) for b in _FROZEN_BN_BUFFERS))
+
+
+def is_batchnorm(module: nn.Module, dims: int | None = None) -> bool:
+    """True for what :func:`fold_batchnorm` folds: a torch BatchNorm (of ``dims`` spatial dims,
+    e.g. 2 for ``nn.BatchNorm2d``, when given) or a FrozenBatchNorm2d."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        kind = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}.get(dims)
+        return kind is None or isinstance(module, kind)
+    return dims in (None, 2) and is_frozen_batchnorm(module)
+
 
 def fold_batchnorm(
-    bn: nn.modules.batchnorm._BatchNorm, conv_bias: Tensor | None = None, name: str = "bn"
+    bn: nn.Module, conv_bias: Tensor | None = None, name: str = "bn"
 ) -> tuple[Tensor, Tensor]:
     """fp32 ``(scale, shift)`` equal to ``bn`` in eval mode (after a conv with ``conv_bias``).
 
-    Handles ``affine=False`` (gamma = 1, beta = 0) and any ``eps``. Refuses a BatchNorm without
-    running statistics (``track_running_stats=False``), whose eval output depends on the batch.
+    ``bn``: a torch BatchNorm or a ``FrozenBatchNorm2d`` (always in eval form). Handles
+    ``affine=False`` (gamma = 1, beta = 0) and any ``eps``. Refuses a BatchNorm without running
+    statistics (``track_running_stats=False``), whose eval output depends on the batch.
     """
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-        raise TypeError(f"{name}: expected a BatchNorm module, got {type(bn).__name__}")
+    if not is_batchnorm(bn):
+        raise TypeError(f"{name}: expected a BatchNorm module (or FrozenBatchNorm2d), got "
+                        f"{type(bn).__name__}")
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(
             f"{name}: BatchNorm has no running statistics (track_running_stats=False), so its "

@@ -6,11 +6,20 @@ A fused ResNet is the same network with every ``conv -> BN (-> ReLU)`` and
 post-ops (:mod:`resnet_fused.onednn`). Pooling and the classifier are the original modules,
 except with the ``cpu``/``auto`` backend, where the stem's max-pool, a global average pool and a
 linear classifier become :mod:`resnet_fused.pooling`'s drop-in equivalents.
+
+Fused models compute what the source model computes in eval mode, also under autograd: while
+gradients are recorded (an input or a parameter that requires grad, grad mode on) every conv
+runs the raw op, whose backward is registered (:mod:`resnet_fused.autograd`); BatchNorm stays
+frozen (folded), so ``train(True)`` is refused. NaN and Inf stay visible: the CPU fast path's
+oneDNN ReLU post-op would turn a NaN into 0, so a forward whose input is not all finite, and a
+conv whose weight or BatchNorm numbers are not, run the raw op, whose epilogue keeps them.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +27,7 @@ from torch import Tensor, nn
 from . import onednn, ops
 from .backends import CHOICES
 from .checks import SUPPORTED_DTYPES
-from .folding import fold_batchnorm
+from .folding import fold_batchnorm, is_batchnorm
 from .pooling import GlobalAvgPool, MaxPool, PackedLinear
 
 __all__ = ["FusedBlock", "FusedConvBNAct", "FusedResNet", "fuse"]
@@ -26,14 +35,41 @@ __all__ = ["FusedBlock", "FusedConvBNAct", "FusedResNet", "fuse"]
 # Modules that are the identity in eval mode and may sit inside a block (timm adds some).
 _EVAL_IDENTITY = {"Identity", "Dropout", "DropPath", "DropBlock2d"}
 
+_NOT_TRACEABLE = ("torch.jit.trace cannot record resnet_fused's fused models (their ops are "
+                  "custom ops that TorchScript does not know); use torch.export.export(model, "
+                  "(x,)) or torch.compile(model), which both trace them")
+
+
+def all_finite(*tensors: Tensor | None) -> bool:
+    """True if no tensor holds a NaN or an infinity. One float32 sum each, the cheapest full read:
+    a NaN or infinity makes the sum non-finite, and so does (rarely, harmlessly) an overflow."""
+    return all(t is None or math.isfinite(t.detach().sum(dtype=torch.float32)) for t in tensors)
+
+
+def records_grad(*tensors: Tensor | None) -> bool:
+    """True if autograd records an op on these tensors (grad mode on, one requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _check_cast(module: nn.Module, fn, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuses a ``.to()``/``.double()``/... that would give the module an unsupported compute
+    dtype, before anything is changed (``fn`` is tried on an empty tensor)."""
+    new = fn(torch.empty(0, dtype=dtype, device=device))
+    if new.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{type(module).__name__} cannot compute in {new.dtype}: fused models run "
+                        f"in {', '.join(str(d) for d in SUPPORTED_DTYPES)}; fuse the source model "
+                        "again with fuse(model, dtype=...) or cast to one of those")
+
 
 class FusedConvBNAct(nn.Module):
     """One fused ``conv -> BatchNorm (-> + residual) (-> ReLU)``; BN kept as fp32 scale/shift.
 
-    The buffers are the source network's numbers. With the ``cpu`` (or ``auto``) backend on CPU
-    tensors, a call runs oneDNN's convolution with BN folded into a prepared weight
-    (:class:`resnet_fused.onednn.OneDNNConv`, built from the buffers and rebuilt whenever they
-    change); otherwise, and while ``torch.compile`` traces, it calls the raw op.
+    ``weight`` (a parameter, frozen by :func:`fuse`) and the ``scale``/``shift`` buffers are the
+    source network's numbers. With the ``cpu`` (or ``auto``) backend on CPU tensors, a call runs
+    oneDNN's convolution with BN folded into a prepared weight
+    (:class:`resnet_fused.onednn.OneDNNConv`, built from them and rebuilt whenever they change);
+    otherwise, while ``torch.compile`` traces, while autograd records (its backward is the raw
+    op's) and for inputs that are not all finite, it calls the raw op.
     """
 
     def __init__(self, weight: Tensor, scale: Tensor, shift: Tensor, stride, padding,
@@ -43,7 +79,9 @@ class FusedConvBNAct(nn.Module):
         # packing it once here keeps the per-call path free of weight copies.
         # clone, not .contiguous(): the fused model must never share storage with the source model
         # (a (K, C, 1, 1) weight already counts as channels_last, and .contiguous would alias it).
-        self.register_buffer("weight", weight.detach().clone(memory_format=torch.channels_last))
+        # A parameter, so that fine-tuning finds it (fuse() freezes it); BatchNorm stays frozen.
+        self.weight = nn.Parameter(weight.detach().clone(memory_format=torch.channels_last),
+                                   requires_grad=False)
         self.register_buffer("scale", scale.detach().float().clone())
         self.register_buffer("shift", shift.detach().float().clone())
         self.stride = tuple(stride)
@@ -63,17 +101,19 @@ class FusedConvBNAct(nn.Module):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"cannot convert {name}: padding={conv.padding!r}, padding_mode="
                              f"{conv.padding_mode!r}; only explicit zero padding is supported")
-        if not isinstance(bn, nn.BatchNorm2d):
-            raise TypeError(f"cannot convert {name}: expected nn.BatchNorm2d after the conv, got "
-                            f"{type(bn).__name__}")
-        if bn.num_features != conv.out_channels:
-            raise ValueError(f"cannot convert {name}: BatchNorm has {bn.num_features} channels, "
+        if not is_batchnorm(bn, dims=2):
+            raise TypeError(f"cannot convert {name}: expected nn.BatchNorm2d or "
+                            f"FrozenBatchNorm2d after the conv, got {type(bn).__name__}")
+        channels = bn.running_mean.numel() if bn.running_mean is not None else bn.num_features
+        if channels != conv.out_channels:
+            raise ValueError(f"cannot convert {name}: BatchNorm has {channels} channels, "
                              f"the conv has {conv.out_channels} outputs")
         scale, shift = fold_batchnorm(bn, conv.bias, name=name)
         return cls(conv.weight.detach().to(dtype), scale, shift, conv.stride, conv.padding,
                    relu, backend)
 
     def _apply(self, fn, recurse=True):
+        _check_cast(self, fn, self.weight.dtype, self.weight.device)
         # BatchNorm stays fp32 whatever dtype the module is cast to (`.half()`, `.to(bf16)`):
         # keep the exact fp32 values and only follow the move to another device.
         scale, shift = self.scale, self.shift
@@ -92,28 +132,37 @@ class FusedConvBNAct(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, x: Tensor, residual: Tensor | None = None,
-                residual_is_scratch: bool = False, relu: bool | None = None) -> Tensor:
+                residual_is_scratch: bool = False, relu: bool | None = None,
+                inputs_finite: bool | None = None) -> Tensor:
         """``act(BN(conv(x)) (+ residual))``, channels_last.
 
         ``residual_is_scratch``: the caller will not read ``residual`` again, so the CPU fast path
         may accumulate into its buffer (oneDNN's in-place sum) instead of allocating the output.
         ``relu``: overrides the module's own ``relu`` for this call (see :class:`FusedBlock`).
+        ``inputs_finite``: whether ``x`` and ``residual`` are known to be all finite (a fused
+        model checks its input once); None: the CPU fast path checks them itself.
         """
+        if torch.jit.is_tracing():
+            raise RuntimeError(_NOT_TRACEABLE)
         relu = self.relu if relu is None else relu
-        if self.backend in ("cpu", "auto") and not torch.compiler.is_compiling():
+        buffers = self._buffers
+        weight = self._parameters["weight"]
+        if (self.backend in ("cpu", "auto") and not torch.compiler.is_compiling()
+                and not records_grad(x, weight, residual, buffers["scale"], buffers["shift"])):
             conv = self._onednn_conv(x)
-            if conv is not None:
+            if conv is not None and (inputs_finite or (inputs_finite is None
+                                                       and all_finite(x, residual))):
                 y = conv.run(x, residual, relu, residual_is_scratch)
                 if y is not None:
                     return y
-        return ops.conv_bn_act(x, self.weight, self.scale, self.shift, residual, self.stride,
-                               self.padding, relu, self.backend)
+        return ops.conv_bn_act(x, weight, buffers["scale"], buffers["shift"], residual,
+                               self.stride, self.padding, relu, self.backend)
 
     def _onednn_conv(self, x: Tensor) -> onednn.OneDNNConv | None:
         """The oneDNN form of this conv, prepared from the current buffers; None where the fast
         path cannot run (not a CPU tensor, a dtype oneDNN lacks here, buffers elsewhere)."""
-        buffers = self._buffers  # not self.weight: nn.Module.__getattr__ is slow on a hot path
-        weight, scale, shift = buffers["weight"], buffers["scale"], buffers["shift"]
+        buffers = self._buffers  # not self.scale: nn.Module.__getattr__ is slow on a hot path
+        weight, scale, shift = self._parameters["weight"], buffers["scale"], buffers["shift"]
         conv = self._onednn
         if conv is not None and conv.is_prepared_from(weight, scale, shift):
             return conv
@@ -122,6 +171,14 @@ class FusedConvBNAct(nn.Module):
             return None
         conv = self._onednn = onednn.OneDNNConv(weight, scale, shift, self.stride, self.padding)
         return conv
+
+    @property
+    def keeps_finite(self) -> bool:
+        """False if the numbers the CPU fast path last prepared from (weight, scale, shift) hold a
+        NaN or an infinity: then this conv's output may not be finite even for a finite input.
+        Current after each call that could take the fast path, which is when it matters."""
+        conv = self._onednn
+        return conv is None or conv.finite
 
     def refresh(self) -> None:
         """Drops the prepared oneDNN weights (rebuilt on the next call from the buffers)."""
@@ -155,28 +212,52 @@ class FusedBlock(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.skip = skip
 
-    def forward(self, x: Tensor, consume_input: bool = False) -> Tensor:
+    def forward(self, x: Tensor, consume_input: bool = False,
+                inputs_finite: bool | None = None) -> Tensor:
         """``consume_input``: the caller will not read ``x`` again, so an identity skip path may
-        be overwritten by the residual sum (the block's own intermediates always may)."""
+        be overwritten by the residual sum (the block's own intermediates always may).
+        ``inputs_finite``: see :meth:`FusedConvBNAct.forward` (it holds for the block's
+        intermediates too: finite inputs through finite weights)."""
         *body, last = self.convs
         skip = self.skip
-        if skip is not None and last.backend in ("cpu", "auto") and x.is_cpu:
-            out = x
-            for conv in body:
-                out = conv(out)
-            return skip(x, last(out, relu=False), residual_is_scratch=True, relu=last.relu)
-        identity = x if skip is None else skip(x)
+        # An activation is known finite while every conv before it had finite numbers.
+        finite = inputs_finite
         out = x
+        if skip is not None and last.backend in ("cpu", "auto") and x.is_cpu:
+            for conv in body:
+                out = conv(out, inputs_finite=finite)
+                finite = finite and conv.keeps_finite
+            out = last(out, relu=False, inputs_finite=finite)
+            finite = finite and last.keeps_finite
+            return skip(x, out, residual_is_scratch=True, relu=last.relu, inputs_finite=finite)
+        identity = x
+        if skip is not None:
+            identity = skip(x, inputs_finite=finite)
+            finite = finite and skip.keeps_finite
         for conv in body:
-            out = conv(out)
-        return last(out, identity, residual_is_scratch=consume_input or skip is not None)
+            out = conv(out, inputs_finite=finite)
+            finite = finite and conv.keeps_finite
+        return last(out, identity, residual_is_scratch=consume_input or skip is not None,
+                    inputs_finite=finite)
+
+    @property
+    def keeps_finite(self) -> bool:
+        """See :attr:`FusedConvBNAct.keeps_finite`: true for every conv of the block."""
+        return all(conv.keeps_finite for conv in self.convs) and (
+            self.skip is None or self.skip.keeps_finite)
 
 
 class FusedResNet(nn.Module):
-    """Inference-only fused ResNet: same outputs as the source model in eval mode.
+    """A fused ResNet: same outputs as the source model in eval mode, gradients included.
 
     Takes (N, C, H, W) input of any memory format and dtype (cast to the model's dtype), returns
-    logits (or, from :meth:`forward_features`, the pooled features before the classifier).
+    logits (or, from :meth:`forward_features`, the pooled features before the classifier, or
+    from :meth:`forward_stages`, the four stages' outputs).
+
+    BatchNorm is folded into fixed per-channel numbers, so the model is always in eval mode:
+    ``train(True)`` raises. Fine-tuning with frozen BatchNorm works as for the source model in
+    eval mode: ``model.requires_grad_(True)`` (``fuse()`` returns it frozen), then the usual
+    optimizer over ``model.parameters()`` (conv weights and classifier).
     """
 
     def __init__(self, stem: FusedConvBNAct, maxpool: nn.Module, stages: nn.Sequential,
@@ -209,13 +290,54 @@ class FusedResNet(nn.Module):
                              f"{self.stem.weight.device}; move one of them (e.g. model.to(device))")
         return x.to(dtype=self.dtype, memory_format=torch.channels_last)
 
+    def train(self, mode: bool = True) -> FusedResNet:
+        if mode:
+            raise RuntimeError(
+                "a fused ResNet cannot be put in training mode: its BatchNorms are folded into "
+                "fixed per-channel scale and shift, so batch statistics cannot be computed. To "
+                "fine-tune it with frozen BatchNorm (as detection and transfer-learning backbones "
+                "are), keep it in eval mode and enable gradients: fused.requires_grad_(True). To "
+                "train BatchNorm too, train the source model and fuse() it again afterwards.")
+        return super().train(False)
+
+    def _apply(self, fn, recurse=True):
+        _check_cast(self, fn, self.dtype, self.stem.weight.device)
+        return super()._apply(fn, recurse)
+
+    def _stem(self, x: Tensor) -> tuple[Tensor, bool]:
+        """The input checked and cast, through the stem and its max-pool; and whether the
+        activation is known finite (see :meth:`FusedConvBNAct.forward`)."""
+        if torch.jit.is_tracing():
+            raise RuntimeError(_NOT_TRACEABLE)
+        x = self._check_input(x)
+        # One cheap read of the input decides for the whole forward whether the CPU fast path,
+        # whose oneDNN ReLU would turn a NaN into 0, may run (only the CPU path asks).
+        finite = (x.is_cpu and self.stem.backend in ("cpu", "auto")
+                  and not torch.compiler.is_compiling() and all_finite(x))
+        x = self.stem(x, inputs_finite=finite)
+        return self.maxpool(x), finite and self.stem.keeps_finite
+
+    def forward_stages(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """The outputs of the four stages, ``layer1`` .. ``layer4`` (C2-C5, strides 4 to 32), as
+        a feature pyramid network takes them (the keys are the source model's module names)."""
+        x, finite = self._stem(x)
+        outputs = OrderedDict()
+        for i, stage in enumerate(self.stages):
+            for j, block in enumerate(stage):
+                # A stage's output is returned: the next stage's first block must not overwrite it.
+                x = block(x, consume_input=j > 0, inputs_finite=finite)
+                finite = finite and block.keeps_finite
+            outputs[f"layer{i + 1}"] = x
+        return outputs
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled features before the classifier, shape (N, num_features)."""
-        x = self.maxpool(self.stem(self._check_input(x)))
+        x, finite = self._stem(x)
         for stage in self.stages:
             for block in stage:
                 # Every activation here is the model's own: blocks may overwrite their input.
-                x = block(x, consume_input=True)
+                x = block(x, consume_input=True, inputs_finite=finite)
+                finite = finite and block.keeps_finite
         x = self.pool(x)
         return torch.flatten(x, 1) if x.dim() > 2 else x
 

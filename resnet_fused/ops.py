@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import autograd as _autograd  # noqa: F401  (registers the ops' backward formulas)
 from . import selection
 from .backends import resolve_backend
 from .checks import as_pair, check_add_relu_args, check_conv_bn_act_args

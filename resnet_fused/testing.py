@@ -8,11 +8,13 @@ BatchNorm, mean 0 and var 1, hides folding bugs). NaN never passes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # (dtype, scope) -> bound on the relative L2 error; scope is "op" or "model".
@@ -87,6 +89,142 @@ def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = N
                 m.weight.copy_(draw(0.5, 1.5, m.weight))
                 m.bias.copy_(draw(-0.5, 0.5, m.bias))
     return model
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """A BatchNorm with fixed statistics and affine numbers, as detection backbones use (the
+    same buffers and eval formula as torchvision's ``torchvision.ops.FrozenBatchNorm2d``), for
+    tests on machines where torchvision does not import."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0),
+                            ("running_var", 1.0)):
+            self.register_buffer(name, torch.full((num_features,), value))
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``nn.BatchNorm2d`` replaced by a :class:`FrozenBatchNorm2d`
+    holding its numbers (the same eval-mode function)."""
+    frozen = copy.deepcopy(model)
+    for parent in list(frozen.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                new = FrozenBatchNorm2d(child.num_features, child.eps)
+                with torch.no_grad():
+                    new.weight.copy_(child.weight)
+                    new.bias.copy_(child.bias)
+                    new.running_mean.copy_(child.running_mean)
+                    new.running_var.copy_(child.running_var)
+                setattr(parent, name, new)
+    return frozen
+
+
+class FusedDecisions:
+    """The discrete choices a fused model's forward made: each ReLU's mask (output > 0) in call
+    order, and the max-pool's input (its argmax). See :func:`record_decisions`."""
+
+    def __init__(self) -> None:
+        self.masks: list[Tensor] = []
+        self.pool_inputs: list[Tensor] = []
+
+
+@contextlib.contextmanager
+def record_decisions(fused: nn.Module) -> Iterator[FusedDecisions]:
+    """Records :class:`FusedDecisions` of the fused model's forwards inside the block.
+
+    A gradient through a ReLU jumps where its input crosses 0, and through a max-pool where two
+    inputs swap: a value next to the edge lands on either side depending on the rounding, so
+    even float32 gradients of a deep net can differ from float64's by far more than the forward
+    does (eager PyTorch's too). :func:`replay_decisions` makes the reference take the fused
+    model's side of every edge; the gradients left to compare are smooth functions."""
+    from .fused import FusedConvBNAct
+
+    decisions = FusedDecisions()
+
+    def on_conv(module, args, kwargs, out):
+        relu = kwargs.get("relu")
+        if module.relu if relu is None else relu:
+            decisions.masks.append(out.detach() > 0)
+
+    hooks = [m.register_forward_hook(on_conv, with_kwargs=True) for m in fused.modules()
+             if isinstance(m, FusedConvBNAct)]
+    hooks.append(fused.maxpool.register_forward_hook(
+        lambda module, args, out: decisions.pool_inputs.append(args[0].detach())))
+    try:
+        yield decisions
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+class _Replay:
+    """Recorded tensors handed out in order; knows whether all were used."""
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        self.tensors, self.used = tensors, 0
+
+    def next(self, like: Tensor) -> Tensor:
+        if self.used == len(self.tensors):
+            raise AssertionError("the reference made more decisions than the fused model")
+        t = self.tensors[self.used]
+        self.used += 1
+        if t.shape != like.shape:
+            raise AssertionError(f"decision {self.used}: recorded {tuple(t.shape)}, the "
+                                 f"reference is at {tuple(like.shape)} (calls out of order?)")
+        return t
+
+
+class _ReplayedReLU(nn.Module):
+    def __init__(self, masks: _Replay) -> None:
+        super().__init__()
+        self.masks = masks
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.masks.next(x).to(x.dtype)
+
+
+class _ReplayedMaxPool(nn.Module):
+    def __init__(self, pool: nn.MaxPool2d, inputs: _Replay) -> None:
+        super().__init__()
+        self.pool = pool
+        self.inputs = inputs
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.pool
+        _, index = F.max_pool2d(self.inputs.next(x).float(), p.kernel_size, p.stride,
+                                p.padding, return_indices=True)
+        return x.flatten(2).gather(2, index.flatten(2)).view(index.shape)
+
+
+def replay_decisions(source: nn.Module, decisions: FusedDecisions) -> nn.Module:
+    """A copy of the torchvision-style ``source`` model whose ReLUs apply the recorded masks and
+    whose max-pool takes the recorded argmax: the same function wherever the fused model's
+    forward is away from an edge. Its ReLUs must be called in the fused model's order, which
+    they are in the models :func:`resnet_fused.fuse` takes."""
+    replayed = copy.deepcopy(source)
+    masks = _Replay(decisions.masks)
+    for parent in list(replayed.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(parent, name, _ReplayedReLU(masks))
+    pool_inputs = _Replay(decisions.pool_inputs)
+    replayed.maxpool = _ReplayedMaxPool(replayed.maxpool, pool_inputs)
+    replayed.replays = (masks, pool_inputs)
+    return replayed
+
+
+def assert_all_replayed(replayed: nn.Module) -> None:
+    """Every recorded decision was taken by the reference (none left over)."""
+    for replay in replayed.replays:
+        assert replay.used == len(replay.tensors), (
+            f"the reference took {replay.used} of {len(replay.tensors)} recorded decisions")
 
 
 def random_bn_params(

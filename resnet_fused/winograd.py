@@ -22,14 +22,18 @@ one's bytes, must still be read whole. :func:`policy` says how the CPU fast path
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from .autograd import relu_grad
 from .backends import env_choice
 
 __all__ = ["MIN_TILES", "MIN_TILES_F32_PIPELINE", "POLICIES", "by_rule", "eligible", "min_tiles",
            "pack_filter", "pipeline_path", "pipelines_available", "policy", "tile_size", "tiles",
-           "transform_filter", "worthwhile"]
+           "transform_filter", "unpack_filter", "winograd_linear", "worthwhile"]
 
 POLICIES = ("auto", "always", "never")
 
@@ -144,6 +148,75 @@ def pack_filter(u: Tensor) -> Tensor:
     if c_in % 2:
         u = torch.cat([u, u.new_zeros(planes, 1, c_out)], dim=1)
     return u.view(planes, (c_in + 1) // 2, 2, c_out).transpose(2, 3).contiguous()
+
+
+# B^T and A^T, matching _G and the C++ transforms (csrc/cpu/winograd_cpu.h: input_1d, output_1d).
+_BT = {
+    4: ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+        (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+    2: ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+}
+_AT = {
+    4: ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
+    2: ((1, 1, 1, 0), (0, 1, -1, -1)),
+}
+
+
+def unpack_filter(weight: Tensor, c_in: int) -> Tensor:
+    """The op's filter as ((m+2)^2, C_in, C_out), from either form it takes (undoes
+    :func:`pack_filter`)."""
+    if weight.dim() == 3:
+        return weight
+    planes, pairs, c_out, _ = weight.shape
+    return weight.transpose(2, 3).reshape(planes, 2 * pairs, c_out)[:, :c_in]
+
+
+def winograd_linear(input: Tensor, u: Tensor) -> Tensor:
+    """What the op computes before its bias, residual and ReLU, written with differentiable torch
+    ops: tiles of ``input`` (N, C, H, W) through B^T, times the filter ``u`` ((m+2)^2, C, K)
+    summed over C, back through A^T. The op's backward differentiates this (it is linear in
+    each argument, so its gradients are the op's whatever the rounding); slow, for gradients
+    and checks only."""
+    a = math.isqrt(u.shape[0])
+    m = a - 2
+    n, c, h, w = input.shape
+    tiles_h, tiles_w = -(-h // m), -(-w // m)
+    bt = input.new_tensor(_BT[m])
+    at = input.new_tensor(_AT[m])
+    padded = F.pad(input, (1, tiles_w * m + 1 - w, 1, tiles_h * m + 1 - h))
+    patches = padded.unfold(2, a, m).unfold(3, a, m)  # (N, C, tiles_h, tiles_w, a, a)
+    v = torch.einsum("ij,ncyxjk,lk->ncyxil", bt, patches, bt)
+    products = torch.einsum("ncyxil,ilck->nkyxil", v, u.reshape(a, a, c, -1))
+    y = torch.einsum("pi,nkyxil,ql->nkypxq", at, products, at)
+    return y.reshape(n, -1, tiles_h * m, tiles_w * m)[:, :, :h, :w]
+
+
+def _winograd_setup(ctx, inputs, output) -> None:
+    input, weight, _bias, _residual, relu = inputs
+    ctx.relu = relu
+    ctx.save_for_backward(input, weight, output)
+
+
+def _winograd_backward(ctx, grad: Tensor):
+    input, weight, out = ctx.saved_tensors
+    need_input, need_weight, need_bias, need_residual, _ = ctx.needs_input_grad
+    dz = relu_grad(grad, out, ctx.relu)
+    d_input = d_weight = None
+    if need_input or need_weight:
+        with torch.enable_grad():
+            x = input.detach().float().requires_grad_(need_input)
+            w = weight.detach().float().requires_grad_(need_weight)
+            y = winograd_linear(x, unpack_filter(w, input.shape[1]))
+            wanted = [t for t in (x, w) if t.requires_grad]
+            grads = iter(torch.autograd.grad(y, wanted, dz.float()))
+        d_input = next(grads).to(input.dtype) if need_input else None
+        d_weight = next(grads).to(weight.dtype) if need_weight else None
+    d_bias = dz.float().sum((0, 2, 3)) if need_bias else None
+    return d_input, d_weight, d_bias, dz if need_residual else None, None
+
+
+torch.library.register_autograd("resnet_fused::winograd_conv3x3", _winograd_backward,
+                                setup_context=_winograd_setup)
 
 
 @torch.library.register_fake("resnet_fused::winograd_conv3x3")

@@ -240,7 +240,9 @@ def _updates():
         conv.shift.add_(1.0)
 
     def new_weight_tensor(conv, g):
-        conv.weight = torch.randn(conv.weight.shape, generator=g).contiguous(memory_format=CL)
+        conv.weight = torch.nn.Parameter(
+            torch.randn(conv.weight.shape, generator=g).contiguous(memory_format=CL),
+            requires_grad=False)
 
     def load_state_dict(conv, g):
         state = {k: v.clone() for k, v in conv.state_dict().items()}
@@ -441,7 +443,7 @@ def test_fuse_and_run_under_inference_mode(random_models, generator, winograd_po
     with torch.no_grad():
         fused.stem.scale.mul_(-1.0)  # back to the model's numbers
     with torch.inference_mode():
-        moved = copy.deepcopy(fused).to(torch.float64).to(torch.float32)  # inference tensors now
+        moved = copy.deepcopy(fused)._apply(torch.clone)  # inference tensors now
         assert moved.stem.weight.is_inference()
         assert_within_bound(moved(x), copy.deepcopy(model).double()(x.double()), torch.float32,
                             "model")

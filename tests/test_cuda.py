@@ -353,6 +353,21 @@ def test_opcheck_conv_bn_act(dtype, generator):
     torch.library.opcheck(CONV, tuple(args))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_opcheck_requires_grad(dtype, generator):
+    """The registered backward (resnet_fused/autograd.py) under opcheck's autograd and AOT tests,
+    for the CUDA op and the op that names its implementation."""
+    case = (2, 5, 9, 7, 6, 3, 3, (2, 2), (1, 1), True, True, "cl")
+    x, wt, scale, shift, res, stride, padding, relu = make_case(case, dtype, generator)
+    args = (x.requires_grad_(), wt.requires_grad_(), scale, shift, res.requires_grad_(), stride,
+            padding, relu)
+    torch.library.opcheck(CONV, args)
+    torch.library.opcheck(torch.ops.resnet_fused.conv_bn_act_cuda_impl.default,
+                          (*args, "mma_sync"))
+    r2 = res.detach().clone().requires_grad_()
+    torch.library.opcheck(ADD_RELU, (torch.randn_like(r2).requires_grad_(), r2))
+
+
 @pytest.mark.parametrize("layout", ["contig", "cl", "cl_x_contig_res", "sliced"])
 def test_opcheck_add_relu(layout, generator):
     torch.library.opcheck(ADD_RELU, add_relu_inputs(layout, torch.float16, generator))

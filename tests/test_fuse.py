@@ -18,7 +18,13 @@ from torch import nn
 import resnet_fused
 from resnet_fused import FusedResNet, fuse
 from resnet_fused.fused import FusedConvBNAct
-from resnet_fused.testing import import_or_skip, randomize_batchnorm_, relative_error, tolerance
+from resnet_fused.testing import (
+    freeze_batchnorm,
+    import_or_skip,
+    randomize_batchnorm_,
+    relative_error,
+    tolerance,
+)
 
 CL = torch.channels_last
 NUM_CLASSES = 10
@@ -94,6 +100,79 @@ def test_forward_features(name, zoo, generator):
     # forward == fc(forward_features)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), fused.fc(f), rtol=0, atol=0)
+
+
+def _stage_outputs(model, x):
+    with torch.no_grad():
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        outputs = {}
+        for i in range(1, 5):
+            x = getattr(model, f"layer{i}")(x)
+            outputs[f"layer{i}"] = x
+    return outputs
+
+
+@pytest.mark.parametrize("backend", ["cpu", "aten"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_forward_stages(name, backend, zoo, generator):
+    """C2-C5 for a feature pyramid: each stage's output as the source model computes it, and
+    none overwritten by the stages after it (the fast path reuses activations in place)."""
+    model, model64 = zoo(name)
+    fused = fuse(model, backend=backend)
+    x = torch.randn(2, 3, 64, 48, generator=generator)
+    with torch.no_grad():
+        stages = fused.forward_stages(x)
+    expected = _stage_outputs(model64, x.double())
+    assert list(stages) == ["layer1", "layer2", "layer3", "layer4"]
+    for key, ref in expected.items():
+        assert stages[key].shape == ref.shape, key
+        assert_model_close(stages[key], ref)
+    with torch.no_grad():
+        pooled = stages["layer4"].float().mean((2, 3))
+        torch.testing.assert_close(pooled, fused.forward_features(x), rtol=1e-6, atol=1e-6)
+
+
+# --- FrozenBatchNorm2d (detection backbones) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_frozen_batchnorm_model(name, dtype, zoo, generator):
+    """A ResNet whose BatchNorms are FrozenBatchNorm2d fuses to the same function."""
+    model, model64 = zoo(name)
+    frozen = freeze_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    fused = fuse(frozen, dtype=dtype)
+    x = torch.randn(2, 3, 40, 56, generator=generator)
+    with torch.no_grad():
+        y = fused(x)
+        ref = frozen(x) if dtype != torch.float32 else reference(model64, x)
+    # The frozen source model itself equals the BatchNorm one (the test's own FrozenBatchNorm2d).
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), model(x), rtol=1e-5, atol=1e-5)
+    assert_model_close(y, ref, dtype)
+
+
+def test_torchvision_frozen_batchnorm_backbone(generator):
+    """torchvision's own FrozenBatchNorm2d, as its detection models build their backbones."""
+    tv = import_or_skip("torchvision")
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = tv.models.resnet50(num_classes=NUM_CLASSES, norm_layer=FrozenBatchNorm2d)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                n = m.weight.numel()
+                m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        y = fuse(model)(x)
+        ref = copy.deepcopy(model).double()(x.double())
+    assert_model_close(y, ref)
 
 
 def test_auto_backend_is_cpu_on_cpu(zoo, generator):

@@ -135,3 +135,59 @@ def test_resnet50_modes(backend, mode, generator):
     assert relative_error(expected.float(), eager.float()) > 1e-2  # the new input really counted
     ref = _reference(model, new_x.float(), torch.bfloat16)
     assert relative_error(got.float(), ref) <= tolerance(torch.bfloat16, "model", "cuda")
+
+
+# --- never silent on the GPU: gradients and NaN --------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resnet50_gradients(backend, dtype, generator):
+    """Input, stem, classifier gradients against the source model taking the fused model's ReLU
+    and max-pool decisions (testing.record_decisions), in fp32 without TF32 (tests/
+    test_finetune.py explains the replay)."""
+    from resnet_fused.testing import (
+        assert_all_replayed,
+        no_tf32,
+        record_decisions,
+        replay_decisions,
+    )
+
+    _available(backend)
+    dt = DTYPES[dtype]
+    model = _source("torchvision", generator)
+    fused = resnet_fused.fuse(model, backend=backend, dtype=dt).requires_grad_(True)
+    x = torch.randn(4, 3, 96, 96, generator=generator).cuda()
+    target = torch.tensor([1, 5, 9, 0], device="cuda")
+
+    def grads(m, inp, params):
+        inp = inp.clone().requires_grad_()
+        loss = torch.nn.functional.cross_entropy(m(inp).float(), target)
+        return torch.autograd.grad(loss, [inp, *params])
+
+    with no_tf32():
+        with record_decisions(fused) as decisions:
+            got = grads(fused, x.to(dt), [fused.stem.weight, fused.fc.weight])
+        reference = replay_decisions(model.to(dt).float(), decisions)
+        want = grads(reference, x.to(dt).float(), [reference.conv1.weight,
+                                                  reference.fc.weight])
+    assert_all_replayed(reference)
+    for what, g, w in zip(("input", "conv1.weight", "fc.weight"), got, want, strict=True):
+        err = relative_error(g.float(), w)
+        assert err <= tolerance(dt, "model"), f"{backend} {dtype} {what}: {err:.3g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resnet50_keeps_nan(backend, generator):
+    _available(backend)
+    model = _source("torchvision", generator)
+    fused = resnet_fused.fuse(model, backend=backend, dtype=torch.bfloat16)
+    x = torch.randn(3, 3, 96, 96, generator=generator).cuda()
+    x[1, 0, 30, 40] = float("nan")
+    x[2, 2, 5, 5] = float("inf")
+    with torch.no_grad():
+        y = fused(x.to(torch.bfloat16))
+        ref = model.float()(x)
+    assert torch.isfinite(ref[0]).all() and not torch.isfinite(ref[1]).any()
+    assert torch.equal(torch.isfinite(y), torch.isfinite(ref)), (
+        f"{backend}: non-finite pattern differs from eager")

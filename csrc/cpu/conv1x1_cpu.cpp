@@ -22,7 +22,9 @@
 // Numerics: fp32 accumulation from bias (+ residual), one rounding to the output dtype; the
 // AVX512_BF16 instructions flush denormal inputs and products to zero. NaN stays NaN.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -276,7 +278,42 @@ void conv1x1_residual_cpu(at::Tensor& residual, const at::Tensor& input, const a
               residual.scalar_type(), " on ", residual.device());
   TORCH_CHECK(residual.is_contiguous(at::MemoryFormat::ChannelsLast), op,
               ": residual must be channels_last-contiguous (the result is written into it)");
+  // The result is stored panel by panel while later panels still read the input: a residual
+  // that shares memory with an argument would be read after it was overwritten.
+  at::assert_no_internal_overlap(residual);
+  at::assert_no_overlap(residual, input);
+  at::assert_no_overlap(residual, weight);
+  at::assert_no_overlap(residual, bias);
+  // torch's in-place rule for inference tensors ("Inplace update to inference tensor outside
+  // InferenceMode is not allowed") is enforced by the version counter, bumped before any write.
+  residual.unsafeGetTensorImpl()->bump_version();
   compute(input, weight, bias, residual, /*accumulate=*/true, relu, s);
+}
+
+// Autograd: the op writes in place and has no backward. While gradients are recorded it refuses
+// any argument that requires grad (torch's own message for a leaf), instead of leaving the
+// graph without the op; otherwise it runs as it does below autograd.
+void conv1x1_residual_autograd(at::Tensor& residual, const at::Tensor& input,
+                               const at::Tensor& weight, const at::Tensor& bias,
+                               at::IntArrayRef stride, bool relu) {
+  constexpr const char* op = "conv1x1_residual_";
+  if (at::GradMode::is_enabled()) {
+    TORCH_CHECK(!(residual.is_leaf() && residual.requires_grad()), op,
+                ": a leaf Variable that requires grad is being used in an in-place operation "
+                "(residual)");
+    TORCH_CHECK(!residual.requires_grad() && !input.requires_grad() && !weight.requires_grad() &&
+                    !bias.requires_grad(),
+                op, " has no backward (it writes into residual in place): call it under "
+                "torch.no_grad(), or use resnet_fused.ops.conv_bn_act, which has one (fused "
+                "models switch to it by themselves while gradients are recorded)");
+  }
+  static const auto redispatch =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("resnet_fused::conv1x1_residual_", "")
+          .typed<void(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                      at::IntArrayRef, bool)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  redispatch.call(residual, input, weight, bias, stride, relu);
 }
 
 at::Tensor conv1x1_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
@@ -293,6 +330,10 @@ at::Tensor conv1x1_cpu(const at::Tensor& input, const at::Tensor& weight, const 
 TORCH_LIBRARY_IMPL(resnet_fused, CPU, m) {
   m.impl("conv1x1", &conv1x1_cpu);
   m.impl("conv1x1_residual_", &conv1x1_residual_cpu);
+}
+
+TORCH_LIBRARY_IMPL(resnet_fused, Autograd, m) {
+  m.impl("conv1x1_residual_", &conv1x1_residual_autograd);
 }
 
 }  // namespace resnet_fused

@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <tuple>
 
 #include "../checks.h"
 #include "vector_clones.h"
@@ -102,6 +104,88 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& input, const at::Tensor& weight,
   return out;
 }
 
+// The backward's epilogue, rows [begin, end) of the (M, K) NHWC views: dz = grad, or 0 where
+// out <= 0 (a NaN output passes its gradient, as in torch's threshold_backward), d_conv = dz *
+// scale in fp32, each rounded once to T; dz stored only when asked for (the residual's gradient).
+template <typename T, bool kRelu, bool kMasked>
+RESNET_FUSED_VECTOR_CLONES
+void grad_epilogue_rows(const T* __restrict__ grad, const T* __restrict__ out,
+                        const float* __restrict__ scale, T* __restrict__ d_conv,
+                        T* __restrict__ masked, int64_t begin, int64_t end, int64_t k) {
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t o = row * k;
+    for (int64_t c = 0; c < k; ++c) {
+      float g = static_cast<float>(grad[o + c]);
+      if constexpr (kRelu) g = static_cast<float>(out[o + c]) <= 0.f ? 0.f : g;
+      if constexpr (kMasked) masked[o + c] = static_cast<T>(g);
+      d_conv[o + c] = static_cast<T>(g * scale[c]);
+    }
+  }
+}
+
+template <typename T, bool kRelu, bool kMasked>
+void grad_epilogue_nhwc(const T* grad, const T* out, const float* scale, T* d_conv, T* masked,
+                        int64_t rows, int64_t k) {
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / k);
+  at::parallel_for(0, rows, grain, [&](int64_t row_begin, int64_t row_end) {
+    grad_epilogue_rows<T, kRelu, kMasked>(grad, out, scale, d_conv, masked, row_begin, row_end,
+                                          k);
+  });
+}
+
+// (d_conv, dz) for conv_bn_act's backward (resnet_fused/autograd.py): one pass instead of a
+// threshold, an fp32 copy, a multiply and a copy back. dz is empty unless `masked`.
+std::tuple<at::Tensor, at::Tensor> conv_bn_act_grad_epilogue_cpu(const at::Tensor& grad,
+                                                                 const at::Tensor& out,
+                                                                 const at::Tensor& scale,
+                                                                 bool relu, bool masked) {
+  constexpr const char* op = "conv_bn_act_grad_epilogue";
+  TORCH_CHECK(grad.dim() == 4 && grad.sizes() == out.sizes(), op,
+              ": grad and out must be 4-D of the same sizes, got ", grad.sizes(), " and ",
+              out.sizes());
+  TORCH_CHECK(is_supported_dtype(grad.scalar_type()) && out.scalar_type() == grad.scalar_type(),
+              op, ": grad and out must share a float32/float16/bfloat16 dtype, got ",
+              grad.scalar_type(), " and ", out.scalar_type());
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == grad.size(1) &&
+                  scale.scalar_type() == at::kFloat,
+              op, ": scale must be 1-D float32 with C = ", grad.size(1), " elements, got ",
+              scale.scalar_type(), " with sizes ", scale.sizes());
+  TORCH_CHECK(grad.device().is_cpu() && out.device().is_cpu() && scale.device().is_cpu(), op,
+              " (cpu): tensors must be on the CPU");
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const std::array<int64_t, 4> sizes{grad.size(0), grad.size(1), grad.size(2), grad.size(3)};
+  at::Tensor d_conv = empty_channels_last(sizes, grad.options());
+  at::Tensor dz = masked ? empty_channels_last(sizes, grad.options()) : at::empty({0}, grad.options());
+  if (d_conv.numel() == 0) return {d_conv, dz};
+  // Canonical channels_last strides on both sides: then every tensor is one (M, K) row-major view.
+  const auto canonical = [&](const at::Tensor& t) {
+    if (t.strides() == d_conv.strides()) return t;
+    at::Tensor copy = at::empty_like(d_conv);
+    copy.copy_(t);
+    return copy;
+  };
+  const at::Tensor g = canonical(grad);
+  const at::Tensor o = relu ? canonical(out) : out;
+  const at::Tensor s = scale.contiguous();
+  const int64_t k = sizes[1];
+  const int64_t rows = d_conv.numel() / k;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), op, [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* op_ = relu ? o.const_data_ptr<scalar_t>() : nullptr;
+    const float* sp = s.const_data_ptr<float>();
+    scalar_t* dp = d_conv.mutable_data_ptr<scalar_t>();
+    scalar_t* mp = masked ? dz.mutable_data_ptr<scalar_t>() : nullptr;
+    if (relu) {
+      masked ? grad_epilogue_nhwc<scalar_t, true, true>(gp, op_, sp, dp, mp, rows, k)
+             : grad_epilogue_nhwc<scalar_t, true, false>(gp, op_, sp, dp, mp, rows, k);
+    } else {
+      masked ? grad_epilogue_nhwc<scalar_t, false, true>(gp, op_, sp, dp, mp, rows, k)
+             : grad_epilogue_nhwc<scalar_t, false, false>(gp, op_, sp, dp, mp, rows, k);
+    }
+  });
+  return {d_conv, dz};
+}
+
 template <typename T>
 RESNET_FUSED_VECTOR_CLONES
 void add_relu_range(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ o,
@@ -141,6 +225,7 @@ at::Tensor add_relu_cpu(const at::Tensor& x, const at::Tensor& residual) {
 TORCH_LIBRARY_IMPL(resnet_fused, CPU, m) {
   m.impl("conv_bn_act", &conv_bn_act_cpu);
   m.impl("add_relu", &add_relu_cpu);
+  m.impl("conv_bn_act_grad_epilogue", &conv_bn_act_grad_epilogue_cpu);
 }
 
 }  // namespace resnet_fused

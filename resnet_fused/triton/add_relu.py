@@ -13,6 +13,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
+from ..autograd import register_add_relu_autograd
 from ..checks import check_add_relu_args
 from . import configs
 from .launch import interpreter_fake_launch, launcher
@@ -67,3 +68,6 @@ def triton_add_relu(x: Tensor, residual: Tensor) -> Tensor:
         x, residual, out, numel, INT64=int64, BLOCK=cfg.BLOCK, num_warps=cfg.num_warps
     )
     return out
+
+
+register_add_relu_autograd("resnet_fused::triton_add_relu")

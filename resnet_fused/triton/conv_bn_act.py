@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from .. import tuning
+from ..autograd import register_conv_bn_act_autograd
 from ..checks import check_conv_bn_act_args
 from . import configs
 from .configs import ConvConfig
@@ -343,3 +344,6 @@ def triton_conv_bn_act(
     cfg = _choose_config(input, weight, residual, stride, padding, relu, sizes)
     conv_bn_act_launch(input, weight, scale, shift, residual, stride, padding, relu, out, cfg)
     return out
+
+
+register_conv_bn_act_autograd("resnet_fused::triton_conv_bn_act")

@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""What the fused model's never-silent checks cost on the CPU fast path, measured in one process.
+
+    python benchmarks/cpu_check_overhead.py --batches 1,8 --dtypes float32,bfloat16 --rounds 40
+
+Per forward, ``FusedResNet`` reads its input once (``fused.all_finite``: one float32 sum, so a
+NaN or infinity sends the call to the kernels that keep it) and each conv asks whether autograd
+records it (``fused.records_grad``) and whether the numbers before it were finite
+(``keeps_finite``). This times the same fused ResNet-50 with those checks as they are (``checked``)
+and with them answered without looking (``unchecked``: all finite, nothing recorded), call by
+call, alternating, so the difference is the checks' cost alone; outputs of both are compared
+bit for bit first. The result per configuration is the median of the per-pair ratios checked /
+unchecked with their interquartile range. Between checkouts, benchmarks/cpu_ab_revisions.py
+compares whole builds, but its process-to-process spread (several percent on a shared VM) hides
+effects this small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+import resnet_fused
+from resnet_fused import bench
+from resnet_fused import fused as fused_module
+
+
+def _unchecked():
+    saved = fused_module.all_finite, fused_module.records_grad
+    fused_module.all_finite = lambda *tensors: True
+    fused_module.records_grad = lambda *tensors: False
+    return saved
+
+
+def _restore(saved) -> None:
+    fused_module.all_finite, fused_module.records_grad = saved
+
+
+def measure(batch: int, dtype_name: str, rounds: int) -> dict:
+    dtype = bench.DTYPES[dtype_name]
+    model = bench.make_model("resnet50")
+    x = bench.make_input(batch, dtype, "cpu")
+    fused = resnet_fused.fuse(model, dtype=dtype)
+    with torch.no_grad():
+        checked_out = fused(x)
+        saved = _unchecked()
+        try:
+            unchecked_out = fused(x)
+        finally:
+            _restore(saved)
+        if not torch.equal(checked_out, unchecked_out):
+            raise SystemExit(f"batch {batch} {dtype_name}: outputs differ with the checks off")
+        for _ in range(3):
+            fused(x)
+        times = {"checked": [], "unchecked": []}
+        for r in range(rounds):
+            for mode in (("checked", "unchecked") if r % 2 == 0 else ("unchecked", "checked")):
+                saved = _unchecked() if mode == "unchecked" else None
+                try:
+                    start = time.perf_counter()
+                    fused(x)
+                    times[mode].append(time.perf_counter() - start)
+                finally:
+                    if saved is not None:
+                        _restore(saved)
+    ratios = [c / u for c, u in zip(times["checked"], times["unchecked"], strict=True)]
+    q = statistics.quantiles(ratios, n=4)
+    return {"batch": batch, "dtype": dtype_name, "rounds": rounds,
+            "checked_median_s": statistics.median(times["checked"]),
+            "unchecked_median_s": statistics.median(times["unchecked"]),
+            "ratio": {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]},
+            "times_s": times}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--json", help="write every measurement here")
+    args = parser.parse_args(argv)
+    if args.rounds < 2:
+        parser.error("--rounds must be >= 2")
+    results = []
+    print(f"# {bench.cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    for batch in (int(b) for b in args.batches.split(",")):
+        for dtype_name in args.dtypes.split(","):
+            r = measure(batch, dtype_name, args.rounds)
+            results.append(r)
+            ratio = r["ratio"]
+            print(f"batch {batch} {dtype_name}: checked {r['checked_median_s'] * 1e3:.2f} ms, "
+                  f"unchecked {r['unchecked_median_s'] * 1e3:.2f} ms, checked / unchecked "
+                  f"{ratio['median']:.4f} (IQR {ratio['q1']:.4f}-{ratio['q3']:.4f})", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(sys.argv), "cpu": bench.cpu_model(),
+                       "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
