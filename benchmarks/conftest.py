@@ -52,9 +52,9 @@ LAYER_VARIANTS_CPU = ("conv", "onednn-conv", "eager", "fused-cpu", "fused-onednn
 
 
 def _cpu_dtypes() -> str:
-    from resnet_fused import onednn
+    from resnet_fused.cpu import capability
 
-    return "float32,bfloat16" if torch.bfloat16 in onednn.fast_dtypes() else "float32"
+    return "float32,bfloat16" if torch.bfloat16 in capability.fast_dtypes() else "float32"
 
 
 _MODELS_DEFAULT = "resnet50,resnet18,resnet34"

@@ -58,7 +58,7 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
 
 
 def _check(args) -> str | None:
-    from resnet_fused import conv1x1
+    from resnet_fused.cpu import conv1x1
 
     missing = [d for d in args.dtype if not conv1x1.available(getattr(torch, d))]
     if missing:

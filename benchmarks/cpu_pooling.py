@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _cases():
-    from resnet_fused import pooling
+    from resnet_fused.cpu import pooling
 
     def max_pool(x):
         return F.max_pool2d(x, 3, 2, 1)

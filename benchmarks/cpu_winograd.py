@@ -29,7 +29,7 @@ def _is_3x3_stride1(module) -> bool:
 
 
 def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
-    from resnet_fused import winograd
+    from resnet_fused.cpu import winograd
 
     run = run_in_model(batch, dtype, rounds, size, "RESNET_FUSED_WINOGRAD", SETTINGS,
                        _is_3x3_stride1)

@@ -3,9 +3,9 @@
 A fused ResNet is the same network with every ``conv -> BN (-> ReLU)`` and
 ``conv -> BN -> +skip -> ReLU`` chain replaced by one :class:`FusedConvBNAct`: one call of
 ``resnet_fused.ops.conv_bn_act``, or on the CPU one oneDNN convolution with the epilogue as
-post-ops (:mod:`resnet_fused.onednn`). Pooling and the classifier are the original modules,
+post-ops (:mod:`resnet_fused.cpu.onednn`). Pooling and the classifier are the original modules,
 except with the ``cpu``/``auto`` backend, where the stem's max-pool, a global average pool and a
-linear classifier become :mod:`resnet_fused.pooling`'s drop-in equivalents.
+linear classifier become :mod:`resnet_fused.cpu.pooling`'s drop-in equivalents.
 
 Fused models compute what the source model computes in eval mode, also under autograd: while
 gradients are recorded (an input or a parameter that requires grad, grad mode on) every conv
@@ -24,11 +24,12 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from . import onednn, ops
+from . import ops
 from .backends import CHOICES
 from .checks import SUPPORTED_DTYPES
+from .cpu import capability, onednn
+from .cpu.pooling import GlobalAvgPool, MaxPool, PackedLinear
 from .folding import fold_batchnorm, is_batchnorm
-from .pooling import GlobalAvgPool, MaxPool, PackedLinear
 
 __all__ = ["FusedBlock", "FusedConvBNAct", "FusedResNet", "fuse"]
 
@@ -67,7 +68,7 @@ class FusedConvBNAct(nn.Module):
     ``weight`` (a parameter, frozen by :func:`fuse`) and the ``scale``/``shift`` buffers are the
     source network's numbers. With the ``cpu`` (or ``auto``) backend on CPU tensors, a call runs
     oneDNN's convolution with BN folded into a prepared weight
-    (:class:`resnet_fused.onednn.OneDNNConv`, built from them and rebuilt whenever they change);
+    (:class:`resnet_fused.cpu.onednn.OneDNNConv`, built from them and rebuilt whenever they change);
     otherwise, while ``torch.compile`` traces, while autograd records (its backward is the raw
     op's) and for inputs that are not all finite, it calls the raw op.
     """
@@ -167,7 +168,7 @@ class FusedConvBNAct(nn.Module):
         if conv is not None and conv.is_prepared_from(weight, scale, shift):
             return conv
         if not (x.is_cpu and weight.is_cpu and x.dtype == weight.dtype
-                and x.dtype in onednn.fast_dtypes()):
+                and x.dtype in capability.fast_dtypes()):
             return None
         conv = self._onednn = onednn.OneDNNConv(weight, scale, shift, self.stride, self.padding)
         return conv
@@ -433,7 +434,7 @@ def fuse(model: nn.Module, backend: str = "auto", dtype: torch.dtype | None = No
             model's. BatchNorm is always folded in fp32.
 
     On a CPU (``cpu``/``auto`` backend) the fused convs run as oneDNN convolutions with BN folded
-    into prepared weights (:mod:`resnet_fused.onednn`); their weights are reordered on the first
+    into prepared weights (:mod:`resnet_fused.cpu.onednn`); their weights are reordered on the first
     call with each input shape, so time a model after one warm-up call.
 
     Returns:
@@ -462,7 +463,7 @@ def _fuse(model: nn.Module, backend: str, dtype: torch.dtype | None) -> FusedRes
     if act is not None and not isinstance(act, nn.ReLU):
         raise ValueError(f"cannot convert the stem: its activation is {type(act).__name__}, "
                          "only ReLU is supported")
-    # The CPU path also runs pooling and the classifier its own way (resnet_fused.pooling);
+    # The CPU path also runs pooling and the classifier its own way (resnet_fused.cpu.pooling);
     # the reference path (aten) keeps the source's modules.
     own_head = backend in ("cpu", "auto")
     maxpool = _child(model, ("maxpool",), "", "stem max-pool")

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace | None = None) -> int:
 
 def cpu_rows() -> list[tuple[str, str]]:
     """The CPU's capability as the ``cpu`` backend's fast path sees it (``info``'s last section)."""
-    from .onednn import cpu_capability, fast_dtypes
+    from .cpu.capability import cpu_capability, fast_dtypes
 
     caps = cpu_capability()
 
@@ -68,7 +68,7 @@ def cpu_rows() -> list[tuple[str, str]]:
 
 
 def _conv1x1_row() -> str:
-    from . import conv1x1
+    from .cpu import conv1x1
 
     try:
         rule = conv1x1.policy()
@@ -85,7 +85,7 @@ def _conv1x1_row() -> str:
 
 
 def _winograd_row() -> str:
-    from . import winograd
+    from .cpu import winograd
 
     try:
         rule = winograd.policy()

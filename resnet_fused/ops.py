@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from . import autograd as _autograd  # noqa: F401  (registers the ops' backward formulas)
-from . import selection
 from .backends import resolve_backend
 from .checks import as_pair, check_add_relu_args, check_conv_bn_act_args
+from .cuda import selection
 from .reference import add_relu_reference, conv_bn_act_reference
 
 __all__ = ["add_relu", "conv_bn_act"]
@@ -59,7 +59,7 @@ def conv_bn_act(
         check_conv_bn_act_args(input, weight, scale, shift, residual, stride, padding)
         return conv_bn_act_reference(input, weight, scale, shift, residual, stride, padding, relu)
     if name == "cuda" or (backend == "auto" and input.device.type == "cuda"):
-        # Per shape, the measured fastest of the verified candidates (resnet_fused.selection).
+        # Per shape, the measured fastest of the verified candidates (resnet_fused.cuda.selection).
         check_conv_bn_act_args(input, weight, scale, shift, residual, stride, padding)
         chosen = selection.choose("cuda" if backend == "cuda" else "auto", input, weight, scale,
                                   shift, residual, stride, padding, relu)

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import ops, selection
+from . import ops
 from .backends import BACKENDS, resolve_backend
+from .cuda import selection
 from .progress import progress
 from .reference import conv_bn_act_reference
 from .testing import random_bn_params, reference_dtype, relative_error, tolerance

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import resnet_fused  # noqa: F401  (registers the ops and their backward formulas)
-from resnet_fused import conv1x1, ops, winograd
+from resnet_fused import ops
+from resnet_fused.cpu import conv1x1, winograd
 from resnet_fused.testing import (
     dtype_name,
     random_bn_params,

@@ -295,7 +295,7 @@ def test_in_model_ab_scripts(script, labels, tmp_path, capsys, monkeypatch):
     """benchmarks/cpu_winograd.py and cpu_conv1x1.py on a tiny input: both settings checked and
     timed per layer, the table printed, every round in the JSON."""
     if script == "cpu_conv1x1":
-        from resnet_fused import conv1x1
+        from resnet_fused.cpu import conv1x1
 
         if not conv1x1.available(torch.float32):
             pytest.skip("this CPU cannot run the 1x1 kernel (needs AVX-512)")

@@ -23,7 +23,8 @@ import copy
 import pytest
 import torch
 
-from resnet_fused import conv1x1, fuse, onednn
+from resnet_fused import fuse
+from resnet_fused.cpu import conv1x1, onednn
 from resnet_fused.fused import FusedConvBNAct
 from resnet_fused.reference import conv_bn_act_reference
 from resnet_fused.testing import (

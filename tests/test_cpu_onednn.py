@@ -1,6 +1,6 @@
 """The CPU fast path of fused models: oneDNN convolutions with BN folded and post-ops.
 
-What ``fuse()`` builds on a CPU runs ``resnet_fused.onednn.OneDNNConv`` for every fused conv:
+What ``fuse()`` builds on a CPU runs ``resnet_fused.cpu.onednn.OneDNNConv`` for every fused conv:
 checked here against the higher-precision reference composition with the project's bounds
 (fp32 vs float64, bf16/fp16 vs fp32), for single convs (odd shapes, residual or not, in-place
 sum or not, N = 0/1) and whole models of every depth; plus the properties that make it safe:
@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import resnet_fused
-from resnet_fused import fuse, onednn, ops
+from resnet_fused import fuse, ops
+from resnet_fused.cpu import capability, onednn
 from resnet_fused.fused import FusedBlock, FusedConvBNAct
 from resnet_fused.reference import conv_bn_act_reference
 from resnet_fused.testing import (
@@ -31,7 +32,7 @@ from resnet_fused.testing import (
 )
 
 CL = torch.channels_last
-FAST = sorted(onednn.fast_dtypes(), key=str)
+FAST = sorted(capability.fast_dtypes(), key=str)
 FAST_IDS = [str(d).removeprefix("torch.") for d in FAST]
 
 
@@ -301,7 +302,7 @@ def test_model_load_state_dict_after_use(generator, winograd_policy):
 
 
 def test_cast_after_use_follows_dtype(generator, winograd_policy):
-    if torch.bfloat16 not in onednn.fast_dtypes():
+    if torch.bfloat16 not in capability.fast_dtypes():
         pytest.skip("no oneDNN bf16 on this CPU")
     model = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval()
     fused = fuse(model, backend="cpu")
@@ -455,7 +456,7 @@ def test_fuse_and_run_under_inference_mode(random_models, generator, winograd_po
 @pytest.mark.parametrize("available", [{torch.float32}, set()], ids=["no-bf16", "no-onednn"])
 def test_fallback_without_onednn_dtype(available, monkeypatch, random_models, generator):
     """A CPU without bf16 (or a torch without oneDNN) runs the raw op, same numbers."""
-    monkeypatch.setattr(onednn, "fast_dtypes", lambda: frozenset(available))
+    monkeypatch.setattr(capability, "fast_dtypes", lambda: frozenset(available))
     model = random_models("resnet18")
     x = torch.randn(2, 3, 48, 48, generator=generator)
     for dtype in (torch.float32, torch.bfloat16):
@@ -469,7 +470,7 @@ def test_fallback_without_onednn_dtype(available, monkeypatch, random_models, ge
 
 
 def test_fp16_without_onednn_fp16_runs_the_raw_op(generator):
-    if torch.float16 in onednn.fast_dtypes():
+    if torch.float16 in capability.fast_dtypes():
         pytest.skip("this CPU has oneDNN fp16 kernels")
     conv = make_conv(generator, 8, 16, 3, 3, (1, 1), (1, 1), torch.float16)
     x = torch.randn(2, 8, 9, 9, generator=generator).half()
@@ -518,16 +519,16 @@ def test_bad_inputs_are_named(name, generator):
 
 
 def test_capability_and_info(capsys):
-    caps = onednn.cpu_capability()
+    caps = capability.cpu_capability()
     assert {"isa", "avx512_bf16", "amx_bf16", "onednn_bf16", "onednn_fp16"} <= set(caps)
-    assert (torch.bfloat16 in onednn.fast_dtypes()) == (caps["onednn"] and caps["onednn_bf16"])
+    assert (torch.bfloat16 in capability.fast_dtypes()) == (caps["onednn"] and caps["onednn_bf16"])
     from resnet_fused import info
 
     assert info.run() == 0
     out = capsys.readouterr().out
     assert "cpu fast path (oneDNN)" in out
     assert caps["isa"] in out
-    from resnet_fused import winograd
+    from resnet_fused.cpu import winograd
 
     floor = ("16 (float32 on the AVX-512 pipeline) or 32" if winograd.pipelines_available()
              else "32")
@@ -536,7 +537,7 @@ def test_capability_and_info(capsys):
     gemm = ("AVX-512 pipelines with their own GEMM" if winograd.pipelines_available()
             else "ATen's GEMM (no AVX512_BF16)")
     assert gemm in out
-    from resnet_fused import conv1x1
+    from resnet_fused.cpu import conv1x1
 
     if conv1x1.available(torch.float32):
         assert "conv1x1   auto (RESNET_FUSED_CONV1X1): 1x1 convs on this package's AVX-512" in out

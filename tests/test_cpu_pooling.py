@@ -1,4 +1,4 @@
-"""Pooling and the classifier of fused models on the CPU (``resnet_fused.pooling``).
+"""Pooling and the classifier of fused models on the CPU (``resnet_fused.cpu.pooling``).
 
 ``max_pool2d`` must equal ``torch.max_pool2d`` exactly (a max is exact), NaN included;
 ``global_avg_pool`` is checked against a float64 mean with the project's per-op bounds;
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import resnet_fused
-from resnet_fused import fuse, onednn, pooling
+from resnet_fused import fuse
+from resnet_fused.cpu import capability, pooling
 from resnet_fused.testing import randomize_batchnorm_, relative_error, tolerance
 
 CL = torch.channels_last
@@ -146,9 +147,9 @@ def _linear(generator, dtype=torch.float32, bias=True):
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("dtype", sorted(onednn.fast_dtypes(), key=str),
+@pytest.mark.parametrize("dtype", sorted(capability.fast_dtypes(), key=str),
                          ids=[str(d).removeprefix("torch.") for d in
-                              sorted(onednn.fast_dtypes(), key=str)])
+                              sorted(capability.fast_dtypes(), key=str)])
 def test_packed_linear_matches_linear(dtype, bias, generator):
     lin = _linear(generator, dtype, bias)
     for n in (1, 3, 8, 1):

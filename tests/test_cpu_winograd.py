@@ -30,7 +30,8 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from resnet_fused import fuse, onednn, winograd
+from resnet_fused import fuse
+from resnet_fused.cpu import capability, onednn, winograd
 from resnet_fused.fused import FusedConvBNAct
 from resnet_fused.reference import conv_bn_act_reference
 from resnet_fused.testing import (
@@ -44,7 +45,7 @@ from resnet_fused.testing import (
 CL = torch.channels_last
 OP = torch.ops.resnet_fused.winograd_conv3x3.default
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-FAST = sorted(onednn.fast_dtypes(), key=str)
+FAST = sorted(capability.fast_dtypes(), key=str)
 FAST_IDS = [str(d).removeprefix("torch.") for d in FAST]
 
 

@@ -10,7 +10,7 @@ and for fine-tuning the convs and the classifier (gradients of the parameters). 
   input crosses 0 (or two max-pool inputs swap), and through 20-50 ReLUs some value lands next to
   that edge, on either side depending on rounding: eager PyTorch's own float32 gradient then
   differs from float64's by up to 1e-2 on some random draws. So the reference takes the fused
-  model's side of each edge (``testing.record_decisions`` / ``replay_decisions``) and the
+  model's side of each edge (``resnet_fused.testing.decisions``) and the
   comparison is of the smooth remainder (docs/design.md);
 * an SGD step on the fused model gives what the same step gives the source model, and the CPU
   fast path's prepared weights follow the update;
@@ -32,14 +32,11 @@ from torch import nn
 import resnet_fused
 from resnet_fused import fuse
 from resnet_fused.fused import FusedConvBNAct
-from resnet_fused.testing import (
+from resnet_fused.testing import randomize_batchnorm_, relative_error, tolerance, try_import
+from resnet_fused.testing.decisions import (
     assert_all_replayed,
-    randomize_batchnorm_,
     record_decisions,
-    relative_error,
     replay_decisions,
-    tolerance,
-    try_import,
 )
 
 NUM_CLASSES = 10

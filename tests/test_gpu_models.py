@@ -144,11 +144,11 @@ def test_resnet50_modes(backend, mode, generator):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_resnet50_gradients(backend, dtype, generator):
     """Input, stem, classifier gradients against the source model taking the fused model's ReLU
-    and max-pool decisions (testing.record_decisions), in fp32 without TF32 (tests/
+    and max-pool decisions (resnet_fused.testing.decisions), in fp32 without TF32 (tests/
     test_finetune.py explains the replay)."""
-    from resnet_fused.testing import (
+    from resnet_fused.testing import no_tf32
+    from resnet_fused.testing.decisions import (
         assert_all_replayed,
-        no_tf32,
         record_decisions,
         replay_decisions,
     )

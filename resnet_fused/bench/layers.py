@@ -176,7 +176,7 @@ def layer_variant(name: str, layer: ConvLayer, inputs: dict) -> tuple[Callable[[
     if name == "conv":
         return (lambda: F.conv2d(x, w, None, stride, pad)), "conv"
     if name in ("onednn-conv", "fused-onednn"):
-        from .. import onednn
+        from ..cpu import onednn
         from ..fused import FusedConvBNAct
 
         if x.device.type != "cpu":

@@ -15,7 +15,7 @@ per element, so their BLOCK_K is halved). The first candidate is the default: wi
 ``RESNET_FUSED_TRITON_AUTOTUNE=0`` it is the only one (still verified on the shape's first call).
 Otherwise the first call of a shape (eager or traced) verifies every candidate against the
 reference and times the survivors once (this synchronizes, once per shape;
-``resnet_fused.tuning``), and the winner is cached, in the process and on disk. Under
+``resnet_fused.cuda.tuning``), and the winner is cached, in the process and on disk. Under
 ``TRITON_INTERPRET=1`` nothing is timed: :func:`interpreter_conv_config` fits one config to the
 shape (and it is verified too).
 """

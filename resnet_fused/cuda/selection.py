@@ -5,7 +5,7 @@ call (``torch.ops.resnet_fused.cuda_impls`` / ``cuda_impl_supports``: the hand-w
 kernel on sm_80+, and on sm_90 each sm_90a CUTLASS configuration); ``backend="auto"`` chooses
 among those and the Triton backend. The first eager call of a shape runs every candidate on
 random data of that shape, drops any that misses the numerics bound, and keeps the fastest
-(:mod:`resnet_fused.tuning`: cached in the process and on disk, keyed by device, versions and
+(:mod:`resnet_fused.cuda.tuning`: cached in the process and on disk, keyed by device, versions and
 shape). Nothing is chosen from guesses.
 
 While torch.compile traces or a CUDA graph is captured nothing can be measured: a shape seen
@@ -20,7 +20,8 @@ import functools
 import torch
 from torch import Tensor
 
-from . import backends, tuning
+from .. import backends
+from . import tuning
 
 MMA_SYNC = "cuda:mma_sync"
 TRITON = "triton"
@@ -73,7 +74,7 @@ def run(name: str, input, weight, scale, shift, residual, stride, padding, relu)
     """conv_bn_act through one candidate."""
     args = (input, weight, scale, shift, residual, stride, padding, relu)
     if name == TRITON:
-        from . import triton as _triton  # noqa: F401  (registers the Triton ops on first use)
+        from .. import triton as _triton  # noqa: F401  (registers the Triton ops on first use)
 
         return torch.ops.resnet_fused.triton_conv_bn_act(*args)
     if name == MMA_SYNC:
@@ -103,7 +104,7 @@ def choose(backend: str, input, weight, scale, shift, residual, stride, padding,
 
 
 def _measure(backend, key, names, input, weight, residual, stride, padding, relu) -> str:
-    from .checks import conv_output_size
+    from ..checks import conv_output_size
 
     out_sizes = conv_output_size(input, weight, list(stride), list(padding))
     problem = tuning.ConvProblem.like(input, weight, residual, stride, padding, relu, out_sizes)
@@ -131,7 +132,7 @@ def _build_fingerprint() -> str:
     import hashlib
     import os
 
-    from . import _C
+    from .. import _C
 
     path = _C.__file__
     stat = os.stat(path)

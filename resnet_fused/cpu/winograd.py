@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .autograd import relu_grad
-from .backends import env_choice
+from ..autograd import relu_grad
+from ..backends import env_choice
+from .capability import avx512_kernels_available
 
 __all__ = ["MIN_TILES", "MIN_TILES_F32_PIPELINE", "POLICIES", "by_rule", "eligible", "min_tiles",
            "pack_filter", "pipeline_path", "pipelines_available", "policy", "tile_size", "tiles",
@@ -120,8 +121,6 @@ def pipelines_available() -> bool:
     """True on CPUs with AVX512_BF16: there the op runs bfloat16 F(2,3) and float32 F(4,3) on
     its own AVX-512 pipelines (intrinsic transforms, its own GEMM, blocks of tiles kept in cache,
     the GEMM's results kept in float32)."""
-    from .onednn import avx512_kernels_available  # (onednn imports this module)
-
     # Both pipelines: their transforms are compiled once, with AVX512_BF16's target.
     return avx512_kernels_available(bf16=True)
 

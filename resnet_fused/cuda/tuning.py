@@ -30,7 +30,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from .testing import relative_error
+from ..testing import relative_error
 
 __all__ = [
     "REJECTED",
@@ -75,8 +75,8 @@ def clear() -> None:
 
 @functools.cache
 def _device_fingerprint(device: torch.device) -> str:
-    from . import __version__
-    from .backends import triton_version
+    from .. import __version__
+    from ..backends import triton_version
 
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -140,7 +140,7 @@ def outside_tracing() -> Iterator[None]:
 
 def wall_timer(fn: Callable[[], object], reps: int = 3) -> float:
     """Median seconds of ``fn()`` by the wall clock (CPU work), after one warm-up."""
-    from .bench.timing import time_fn  # bench imports the models, which import this module
+    from ..bench.timing import time_fn  # bench imports the models, which import this module
 
     return time_fn(fn, "cpu", warmup=1, reps=reps).median
 
@@ -148,7 +148,7 @@ def wall_timer(fn: Callable[[], object], reps: int = 3) -> float:
 def cuda_timer(fn: Callable[[], object], reps: int = 20) -> float:
     """Median seconds of ``fn()`` on the current CUDA stream: bench's CUDA-event timer (3
     warm-ups, an untimed L2 flush before each rep, as the benchmarks measure)."""
-    from .bench.timing import time_fn
+    from ..bench.timing import time_fn
 
     return time_fn(fn, torch.device("cuda", torch.cuda.current_device()), warmup=3,
                    reps=reps).median
@@ -277,7 +277,7 @@ class ConvProblem:
     @classmethod
     def like(cls, input: Tensor, weight: Tensor, residual: Tensor | None, stride, padding,
              relu: bool, out_sizes) -> ConvProblem:
-        from .testing import random_bn_params
+        from ..testing import random_bn_params
 
         gen = torch.Generator(device=input.device).manual_seed(0)
         c, r, s = weight.shape[1:]
@@ -296,8 +296,8 @@ class ConvProblem:
     def reference(self) -> Tensor:
         """The reference composition: float64 on CPU; on a GPU fp32 with TF32 off (its error,
         ~1e-6, is far below every GPU bound, and fp64 convs there would take seconds)."""
-        from .reference import conv_bn_act_reference
-        from .testing import no_tf32
+        from ..reference import conv_bn_act_reference
+        from ..testing import no_tf32
 
         ref_dt = torch.float64 if self.x.device.type == "cpu" else torch.float32
         with no_tf32():
@@ -308,7 +308,7 @@ class ConvProblem:
 
     @property
     def bound(self) -> float:
-        from .testing import tolerance
+        from ..testing import tolerance
 
         return tolerance(self.x.dtype, "op", self.x.device)
 

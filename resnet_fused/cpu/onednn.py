@@ -2,9 +2,9 @@
 post-ops or one of this package's CPU kernels (1x1 GEMM, Winograd 3x3).
 
 ``fuse()`` builds :class:`~resnet_fused.fused.FusedConvBNAct` modules that keep the source
-network's numbers as buffers (``weight``, fp32 ``scale``/``shift``). On the CPU their forward
-runs the oneDNN convolution that torch itself ships (no second copy of oneDNN), through the
-registered ``torch.ops.mkldnn`` ops Inductor uses:
+network's numbers (the ``weight`` parameter, fp32 ``scale``/``shift`` buffers). On the CPU their
+forward runs the oneDNN convolution that torch itself ships (no second copy of oneDNN), through
+the registered ``torch.ops.mkldnn`` ops Inductor uses:
 
 * BatchNorm folded into the convolution: ``weight * scale`` computed in fp32 and rounded once to the
   compute dtype, ``shift`` as the bias. In fp32 that changes each weight by at most half an ulp;
@@ -12,13 +12,13 @@ registered ``torch.ops.mkldnn`` ops Inductor uses:
 * ReLU as an eltwise post-op; the residual as oneDNN's ``sum`` post-op, accumulating in place into
   the skip tensor when the caller no longer needs it, else as a ``binary add`` post-op.
 * 1x1 convolutions run on this package's own AVX-512 kernel instead where the CPU has it
-  (:mod:`resnet_fused.conv1x1`), the residual summed in place the same way.
+  (:mod:`resnet_fused.cpu.conv1x1`), the residual summed in place the same way.
 * The folded weight reordered into oneDNN's blocked layout once per input shape
   (``_reorder_convolution_weight``; oneDNN's preferred layout depends on the shape, and a weight in
   another layout would be reordered again on every call) and kept for later calls.
 * Activations stay channels_last (NHWC) between layers: oneDNN reads and writes that layout
   directly, without reorders.
-* Stride-1 3x3 convolutions may run as Winograd F(m, 3) instead (:mod:`resnet_fused.winograd`,
+* Stride-1 3x3 convolutions may run as Winograd F(m, 3) instead (:mod:`resnet_fused.cpu.winograd`,
   this package's own op), chosen per input shape by a fixed rule (``RESNET_FUSED_WINOGRAD``).
 
 The prepared weights are derived state, not a cache that goes stale when the module's numbers
@@ -30,75 +30,20 @@ bypass the version counter (``.data``, NumPy views, in-place writes to inference
 ``resnet_fused::conv_bn_act`` keeps no state.
 
 Dtypes: float32 always; bfloat16/float16 where oneDNN has kernels for them on this CPU
-(:func:`fast_dtypes`, e.g. AVX512_BF16 or AMX for bf16). Other dtypes, CUDA tensors, empty batches
-and ``torch.compile`` tracing use the raw op instead.
+(:func:`.capability.fast_dtypes`, e.g. AVX512_BF16 or AMX for bf16). Other dtypes, CUDA tensors,
+empty batches, ``torch.compile`` tracing, calls autograd records and inputs or numbers that are
+not all finite use the raw op instead.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
+from ..folding import fold_scale
 from . import conv1x1, winograd
-from .folding import fold_scale
 
-__all__ = ["OneDNNConv", "avx512_kernels_available", "cpu_capability", "fast_dtypes"]
-
-# The ISA features that decide which oneDNN kernels run (torch's own cpuinfo probe).
-_ISA_FLAGS = ("avx2", "avx512_f", "avx512_bw", "avx512_vl", "avx512_vnni", "avx512_bf16",
-              "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
-
-
-@functools.cache
-def cpu_capability() -> dict:
-    """What this CPU and torch build offer the fast path: ISA flags, oneDNN, low-precision dtypes.
-
-    Keys: ``name``, ``cores``, ``isa`` (ATen's vectorization level, e.g. ``AVX512``), one bool per
-    flag in ``_ISA_FLAGS``, ``onednn`` (torch built with oneDNN), ``onednn_bf16``/``onednn_fp16``
-    (oneDNN can run convolutions in that dtype here).
-    """
-    info = torch._C._cpu._get_cpu_capability() if hasattr(torch._C, "_cpu") else {}
-    onednn = torch.backends.mkldnn.is_available()
-    caps = {
-        "name": info.get("cpu_name", "unknown"),
-        "cores": info.get("num_physical_cores"),
-        "isa": torch.backends.cpu.get_cpu_capability(),
-        **{flag: bool(info.get(flag, False)) for flag in _ISA_FLAGS},
-        "onednn": onednn,
-        "onednn_bf16": onednn and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        "onednn_fp16": onednn and bool(torch.ops.mkldnn._is_mkldnn_fp16_supported()),
-    }
-    return caps
-
-
-# What this package's AVX-512 kernels need (csrc/cpu/gemm_avx512.h: avx512_available and
-# avx512_bf16_available check the same features in C++).
-_AVX512_KERNEL_ISA = ("avx512_f", "avx512_bw", "avx512_vl")
-
-
-def avx512_kernels_available(bf16: bool) -> bool:
-    """True if this CPU runs the package's AVX-512 GEMM kernels: AVX-512 F/BW/VL, and for the
-    bfloat16 ones (``bf16``) AVX512_BF16 too."""
-    caps = cpu_capability()
-    flags = _AVX512_KERNEL_ISA + (("avx512_bf16",) if bf16 else ())
-    return all(caps[flag] for flag in flags)
-
-
-@functools.cache  # asked on every classifier call; the CPU and the torch build do not change
-def fast_dtypes() -> frozenset[torch.dtype]:
-    """The compute dtypes the oneDNN fast path runs on this machine (empty without oneDNN)."""
-    caps = cpu_capability()
-    if not caps["onednn"]:
-        return frozenset()
-    dtypes = {torch.float32}
-    if caps["onednn_bf16"]:
-        dtypes.add(torch.bfloat16)
-    if caps["onednn_fp16"]:
-        dtypes.add(torch.float16)
-    return frozenset(dtypes)
-
+__all__ = ["OneDNNConv"]
 
 # The overloads themselves: resolving an OpOverloadPacket by its arguments costs ~15 us a call.
 _CONV = torch.ops.mkldnn._convolution_pointwise.default
@@ -151,13 +96,13 @@ class OneDNNConv:
         self._entries: dict[torch.Size, list] = {}
         self._packed: dict[tuple[int, int, int], Tensor] = {}  # (N, H, W) -> packed weight
         self._last: Tensor | None = None
-        # Stride-1 3x3 convs may run as Winograd instead (resnet_fused.winograd), per input shape.
+        # Stride-1 3x3 convs may run as Winograd instead (.winograd), per input shape.
         self._winograd_eligible = winograd.eligible((self.kh, self.kw), self.stride, self.padding,
                                                     self.dtype)
         self._winograd_filter: Tensor | None = None  # built on first use; shape-independent
         # (N, H, W) -> "winograd"/"direct", for the shapes Winograd could take (reported only).
         self._algorithms: dict[tuple[int, int, int], str] = {}
-        # 1x1 convs that run on this package's kernel instead (resnet_fused.conv1x1); its weight
+        # 1x1 convs that run on this package's kernel instead (resnet_fused.cpu.conv1x1); its weight
         # is packed on first use, and no oneDNN weight is made for them.
         self._conv1x1 = conv1x1.path((self.kh, self.kw), self.stride, self.padding, self.dtype,
                                      self.in_channels, self.out_channels)
@@ -259,7 +204,7 @@ class OneDNNConv:
             return _WINOGRAD(x, weight, self._source[2], residual, relu)
         in_place = (residual is not None and residual_is_scratch
                     and residual.is_contiguous(memory_format=torch.channels_last))
-        if self._conv1x1:  # this package's 1x1 kernel (resnet_fused.conv1x1)
+        if self._conv1x1:  # this package's 1x1 kernel (resnet_fused.cpu.conv1x1)
             if residual is None:
                 return _CONV1X1(x, self._conv1x1_packed(), self._source[2], self.stride, relu)
             if not in_place:

@@ -8,7 +8,7 @@ On the CPU, ``fuse()`` replaces
   ``resnet_fused::global_avg_pool``, one pass over the NHWC activation with fp32 sums;
 * the ``nn.Linear`` classifier with :class:`PackedLinear`: oneDNN's matmul with the weight
   reordered once per batch size (``torch.ops.mkldnn._linear_pointwise``), in dtypes the oneDNN
-  fast path runs (:func:`resnet_fused.onednn.fast_dtypes`).
+  fast path runs (:func:`resnet_fused.cpu.capability.fast_dtypes`).
 
 Each falls back to the stock PyTorch function on other devices, dtypes and arguments, so the
 modules are drop-in. The ops have fake implementations (``torch.compile``) and backward formulas
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import onednn
+from . import capability
 from .onednn import _fingerprint
 
 __all__ = ["GlobalAvgPool", "MaxPool", "PackedLinear", "global_avg_pool", "max_pool2d"]
@@ -149,7 +149,7 @@ class PackedLinear(nn.Linear):
 
     Like the fused convs, the packed weights (one per batch size, up to ``MAX_SHAPES``) are
     derived from ``weight`` and rebuilt when it changes (same checks as
-    :meth:`resnet_fused.onednn.OneDNNConv.is_prepared_from`); ``refresh()`` drops them.
+    :meth:`resnet_fused.cpu.onednn.OneDNNConv.is_prepared_from`); ``refresh()`` drops them.
     """
 
     MAX_SHAPES = 4
@@ -192,7 +192,7 @@ class PackedLinear(nn.Linear):
         # Traced graphs (torch.compile) get F.linear: Inductor packs the weight itself.
         if (not torch.compiler.is_compiling() and x.is_cpu and weight.is_cpu and x.dim() == 2
                 and x.shape[0] > 0 and x.shape[1] == self.in_features
-                and x.dtype == weight.dtype and x.dtype in onednn.fast_dtypes()
+                and x.dtype == weight.dtype and x.dtype in capability.fast_dtypes()
                 and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
             packed = self._packed_weight(x)
             if packed is not None:

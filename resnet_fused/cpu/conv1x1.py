@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .autograd import conv_epilogue_backward
-from .backends import env_choice
-from .folding import fold_scale
+from ..autograd import conv_epilogue_backward
+from ..backends import env_choice
+from ..folding import fold_scale
+from .capability import avx512_kernels_available
 
 __all__ = ["PANEL", "POLICIES", "available", "pack_weight", "path", "policy", "unpack_weight"]
 
@@ -39,8 +40,6 @@ def policy() -> str:
 def available(dtype: torch.dtype) -> bool:
     """True if this CPU runs the op's kernels for ``dtype``: float32 needs AVX-512 F/BW/VL,
     bfloat16 also AVX512_BF16; other dtypes never."""
-    from .onednn import avx512_kernels_available  # (onednn imports this module)
-
     if dtype not in (torch.float32, torch.bfloat16):
         return False
     return avx512_kernels_available(bf16=dtype == torch.bfloat16)
