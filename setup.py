@@ -12,6 +12,8 @@ Environment knobs:
   RESNET_FUSED_NO_SM90=1     skip the sm_90a CUTLASS kernels (csrc/sm90/*.cu)
   RESNET_FUSED_WERROR=1      compile the sm_90a CUTLASS kernels with warnings and register
                              spills as errors (CI job 2 sets it)
+  RESNET_FUSED_FRESH_BUILD=1 compile everything in a temporary folder instead of reusing the
+                             objects kept in build/temp-torch-<version>/
 
 The sm_90a CUTLASS kernels (csrc/sm90/cutlass_conv_config*.cu) are compiled only when the arch
 list has 9.0 or 9.0a and CUTLASS's headers are found; they get their own nvcc command (only
@@ -169,7 +171,15 @@ def _compile_sm90(build_temp: str, include_dirs: list[str]) -> list[str]:
 
 
 class BuildWithSm90(BuildExtension):
-    """BuildExtension that first compiles the sm_90a CUTLASS TUs with their own nvcc flags."""
+    """BuildExtension that first compiles the sm_90a CUTLASS TUs with their own nvcc flags, its
+    objects kept in build/ so that the next build (e.g. the README's test command right after the
+    install command) compiles only what changed: ninja tracks each object's sources, headers and
+    flags. One folder per torch build: a CUDA and a CPU torch never share objects."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not os.environ.get("RESNET_FUSED_FRESH_BUILD"):
+            self.build_temp = os.path.join(HERE, "build", f"temp-torch-{torch.__version__}")
 
     def build_extensions(self):
         for ext in self.extensions:

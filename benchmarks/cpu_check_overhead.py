@@ -3,16 +3,17 @@
 
     python benchmarks/cpu_check_overhead.py --batches 1,8 --dtypes float32,bfloat16 --rounds 40
 
-Per forward, ``FusedResNet`` reads its input once (``fused.all_finite``: one float32 sum, so a
-NaN or infinity sends the call to the kernels that keep it) and each conv asks whether autograd
-records it (``fused.records_grad``) and whether the numbers before it were finite
-(``keeps_finite``). This times the same fused ResNet-50 with those checks as they are (``checked``)
-and with them answered without looking (``unchecked``: all finite, nothing recorded), call by
-call, alternating, so the difference is the checks' cost alone; outputs of both are compared
-bit for bit first. The result per configuration is the median of the per-pair ratios checked /
-unchecked with their interquartile range. Between checkouts, benchmarks/cpu_ab_revisions.py
-compares whole builds, but its process-to-process spread (several percent on a shared VM) hides
-effects this small.
+Per forward, ``FusedResNet`` reads its input once (``fused.all_finite``, the
+``resnet_fused::all_finite`` op: a NaN or infinity sends the call to the kernels that keep it),
+and each conv asks whether autograd records it (``fused.records_grad``) and whether the numbers
+before it were finite (``keeps_finite``). This times the same fused ResNet-50 with those checks
+as they are (``checked``) and with them answered without looking (``unchecked``: all finite,
+nothing recorded), call by call, alternating, so the difference is the checks' cost alone;
+outputs of both are compared bit for bit first. A third series, ``checked`` again (A/A), shows
+the spread of such ratios when nothing differs. The result per configuration is the median of
+the per-round ratios with their interquartile range; the input check (``all_finite``) is also
+timed alone. Between checkouts, benchmarks/cpu_ab_revisions.py compares whole builds, but its
+process-to-process spread (several percent on a shared VM) hides effects this small.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ def measure(batch: int, dtype_name: str, rounds: int) -> dict:
             raise SystemExit(f"batch {batch} {dtype_name}: outputs differ with the checks off")
         for _ in range(3):
             fused(x)
-        times = {"checked": [], "unchecked": []}
+        modes = ["checked", "unchecked", "checked_again"]
+        times = {mode: [] for mode in modes}
         for r in range(rounds):
-            for mode in (("checked", "unchecked") if r % 2 == 0 else ("unchecked", "checked")):
+            k = r % len(modes)
+            for mode in modes[k:] + modes[:k]:  # rotated: no mode always runs first
                 saved = _unchecked() if mode == "unchecked" else None
                 try:
                     start = time.perf_counter()
@@ -68,13 +71,21 @@ def measure(batch: int, dtype_name: str, rounds: int) -> dict:
                 finally:
                     if saved is not None:
                         _restore(saved)
-    ratios = [c / u for c, u in zip(times["checked"], times["unchecked"], strict=True)]
-    q = statistics.quantiles(ratios, n=4)
+        start = time.perf_counter()
+        for _ in range(200):
+            fused_module.all_finite(x)
+        input_check_s = (time.perf_counter() - start) / 200
+
+    def ratio(a: str, b: str) -> dict:
+        values = [p / q for p, q in zip(times[a], times[b], strict=True)]
+        q = statistics.quantiles(values, n=4)
+        return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
+
     return {"batch": batch, "dtype": dtype_name, "rounds": rounds,
             "checked_median_s": statistics.median(times["checked"]),
             "unchecked_median_s": statistics.median(times["unchecked"]),
-            "ratio": {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]},
-            "times_s": times}
+            "ratio": ratio("checked", "unchecked"), "a_a_ratio": ratio("checked_again", "checked"),
+            "input_check_s": input_check_s, "times_s": times}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         for dtype_name in args.dtypes.split(","):
             r = measure(batch, dtype_name, args.rounds)
             results.append(r)
-            ratio = r["ratio"]
+            ratio, a_a = r["ratio"], r["a_a_ratio"]
             print(f"batch {batch} {dtype_name}: checked {r['checked_median_s'] * 1e3:.2f} ms, "
                   f"unchecked {r['unchecked_median_s'] * 1e3:.2f} ms, checked / unchecked "
-                  f"{ratio['median']:.4f} (IQR {ratio['q1']:.4f}-{ratio['q3']:.4f})", flush=True)
+                  f"{ratio['median']:.4f} (IQR {ratio['q1']:.4f}-{ratio['q3']:.4f}); A/A "
+                  f"{a_a['median']:.4f} (IQR {a_a['q1']:.4f}-{a_a['q3']:.4f}); input check "
+                  f"alone {r['input_check_s'] * 1e6:.1f} us", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": " ".join(sys.argv), "cpu": bench.cpu_model(),

@@ -48,6 +48,10 @@ TORCH_LIBRARY(resnet_fused, m) {
       "_sm90_conv_plan(int[] input_size, int[] weight_size, int[] stride, int[] padding, "
       "ScalarType dtype, bool residual, bool relu, int sm, str config) -> str[]");
 
+  // A 0-dim bool tensor: true iff no element of x is NaN or infinite (CPU: one thread, one read;
+  // fused models check their input with it, csrc/cpu/finite_cpu.cpp).
+  m.def("all_finite(Tensor x) -> Tensor");
+
   // Pooling of fused models (CPU): torch.max_pool2d without the indices (dilation 1, floor
   // mode), output channels_last; and the mean over H, W as an (N, C) tensor.
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");

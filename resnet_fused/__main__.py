@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .signals import honor_sigint
@@ -34,8 +35,11 @@ def _module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Installed as `resnet-fused` too: the usage line names the way it was started.
+    prog = "resnet-fused" if os.path.basename(sys.argv[0]) == "resnet-fused" else \
+        "python -m resnet_fused"
     parser = argparse.ArgumentParser(
-        prog="python -m resnet_fused",
+        prog=prog,
         description="Fused conv+BN(+residual)+ReLU ResNet. Without a command, runs the main job: "
         f"{', then '.join(MAIN_JOB)} on the current device (defaults of each).",
     )

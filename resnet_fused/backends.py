@@ -71,10 +71,14 @@ def _triton_interpret() -> bool:
 def backend_status() -> dict[str, str]:
     """Each backend mapped to ``"available"`` or the reason it is not, and how to get it."""
     status = {"cpu": "available", "aten": "available"}
-    if not _CUDA_KERNELS_BUILT:
+    if not _CUDA_KERNELS_BUILT and not torch.cuda.is_available():
+        status["cuda"] = ("not built, and no CUDA GPU is visible here; on a machine with one, "
+                          "rebuild with a CUDA build of torch and nvcc (docs/building.md)")
+    elif not _CUDA_KERNELS_BUILT:
         status["cuda"] = (
             "not built: this install of resnet_fused._C has no CUDA kernels; rebuild with a CUDA "
-            "build of torch and nvcc on PATH: `pip install --no-build-isolation -e .`"
+            "build of torch and nvcc on PATH (docs/building.md): "
+            "`pip install --no-build-isolation -e .`"
         )
     elif not torch.cuda.is_available():
         status["cuda"] = "built, but no CUDA device is visible"

@@ -112,3 +112,8 @@ def _conv_bn_act_cuda_impl_fake(input, weight, scale, shift, residual, stride, p
 def _add_relu_fake(x, residual):
     check_add_relu_args(x, residual)
     return torch.empty_like(x)
+
+
+@torch.library.register_fake("resnet_fused::all_finite")
+def _all_finite_fake(x):
+    return torch.empty((), dtype=torch.bool, device=x.device)

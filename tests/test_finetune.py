@@ -270,6 +270,7 @@ def test_supported_casts_still_work(models, generator):
             assert fused(x).dtype == dtype
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # the point here
 def test_jit_trace_names_the_supported_routes(models, generator):
     fused = fuse(models("resnet18"))
     x = torch.randn(1, 3, 32, 32, generator=generator)

@@ -2,14 +2,14 @@
 infinity, the fused model does too, on every CPU path.
 
 The CPU fast path's oneDNN convolutions apply ReLU as a post-op, which turns a NaN into 0: a NaN
-pixel would vanish and the logits look confident. So a fused model reads its input once (one
-float32 sum) and runs a forward whose input is not all finite on the raw op, whose epilogue
-keeps NaN and infinity as ``torch.relu`` does; a conv whose weight or BatchNorm numbers are not
-all finite (a NaN weight, a negative running_var) does the same. Covered: NaN and infinity in the
-input (one pixel, a whole image), in a conv weight, in BatchNorm statistics, in the classifier;
-float32 and bfloat16; the ``cpu``, ``auto`` and ``aten`` backends; ``forward_features`` and
-``forward_stages``; a fused conv module on its own. The rows that stay finite in the source
-model stay within the bound.
+pixel would vanish and the logits look confident. So a fused model reads its input once
+(``resnet_fused::all_finite``, tested here too) and runs a forward whose input is not all finite
+on the raw op, whose epilogue keeps NaN and infinity as ``torch.relu`` does; a conv whose weight
+or BatchNorm numbers are not all finite (a NaN weight, a negative running_var) does the same.
+Covered: NaN and infinity in the input (one pixel, a whole image), in a conv weight, in
+BatchNorm statistics, in the classifier; float32 and bfloat16; the ``cpu``, ``auto`` and
+``aten`` backends; ``forward_features`` and ``forward_stages``; a fused conv module on its own.
+The rows that stay finite in the source model stay within the bound.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from resnet_fused import fuse
 from resnet_fused.fused import FusedConvBNAct
 from resnet_fused.testing import randomize_batchnorm_, relative_error, tolerance
 
+CL = torch.channels_last
 NUM_CLASSES = 10
 
 
@@ -177,3 +178,36 @@ def test_finite_inputs_keep_the_fast_path(model, generator, no_raw_op):
     with torch.no_grad():
         y = fuse(model)(torch.randn(2, 3, 64, 64, generator=generator))
     assert torch.isfinite(y).all()
+
+
+# --- the input check: resnet_fused::all_finite ---------------------------------------------------
+
+ALL_FINITE = torch.ops.resnet_fused.all_finite.default
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=lambda d: str(d)[6:])
+def test_all_finite_op(dtype, generator):
+    x = torch.randn(2, 3, 17, 9, generator=generator).to(dtype).contiguous(memory_format=CL)
+    assert bool(ALL_FINITE(x))
+    largest = torch.finfo(dtype).max
+    big = x.clone()
+    big[1, 2, 16, 8] = largest  # the largest finite value is finite
+    assert bool(ALL_FINITE(big))
+    for value in (float("nan"), float("inf"), float("-inf")):
+        for where in ((0, 0, 0, 0), (1, 2, 16, 8), (1, 1, 5, 3)):
+            bad = x.clone()
+            bad[where] = value
+            assert not bool(ALL_FINITE(bad)), (value, where)
+            assert not bool(ALL_FINITE(bad.contiguous())), (value, where, "contiguous")
+    strided = torch.randn(2, 3, 17, 18, generator=generator).to(dtype)[..., ::2]
+    assert bool(ALL_FINITE(strided))
+    strided[0, 1, 2, 3] = float("nan")
+    assert not bool(ALL_FINITE(strided))
+    assert bool(ALL_FINITE(x[:0]))  # empty: nothing is non-finite
+    torch.library.opcheck(ALL_FINITE, (x,))
+
+
+def test_all_finite_rejects_other_dtypes():
+    with pytest.raises(RuntimeError, match="all_finite: x must be float32, float16 or bfloat16"):
+        ALL_FINITE(torch.zeros(3, dtype=torch.float64))
