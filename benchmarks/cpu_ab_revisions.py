@@ -29,12 +29,12 @@ import json, statistics, sys, time
 import torch
 import resnet_fused
 from resnet_fused import bench
-batch, dtype_name, calls, threads = sys.argv[1:5]
-batch, calls = int(batch), int(calls)
+batch, dtype_name, calls, threads, size = sys.argv[1:6]
+batch, calls, size = int(batch), int(calls), int(size)
 torch.set_num_threads(int(threads))
 dtype = bench.DTYPES[dtype_name]
 model = bench.make_model("resnet50")
-x = bench.make_input(batch, dtype, "cpu")
+x = bench.make_input(batch, dtype, "cpu", size=size)
 fused = resnet_fused.fuse(model, dtype=dtype)
 with torch.no_grad():
     err = bench.check_output("fused", fused(x), bench.reference_output(model, x), dtype, "cpu")
@@ -50,12 +50,12 @@ print(json.dumps({"median_s": statistics.median(times), "min_s": min(times), "re
 """
 
 
-def _measure(tree: str, batch: int, dtype: str, calls: int, threads: int) -> dict:
+def _measure(tree: str, batch: int, dtype: str, calls: int, threads: int, size: int) -> dict:
     # Run in the checkout: `python -c` puts the working directory first on sys.path.
     env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
     done = subprocess.run([sys.executable, "-c", _CHILD, str(batch), dtype, str(calls),
-                           str(threads)], env=env, cwd=os.path.abspath(tree), capture_output=True,
-                          text=True, check=False)
+                           str(threads), str(size)], env=env, cwd=os.path.abspath(tree),
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{tree} (batch {batch}, {dtype}) failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--calls", type=int, default=15, help="timed forwards per process")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--size", type=int, default=224, help="image height and width")
     parser.add_argument("--json", help="write every measurement here")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.calls < 1:
@@ -91,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tree} is not a resnet_fused checkout (no resnet_fused/ folder)")
     configs = [(int(b), d) for b in args.batches.split(",") for d in args.dtypes.split(",")]
     record = {"a": os.path.abspath(args.a), "b": os.path.abspath(args.b),
-              "threads": args.threads, "calls": args.calls, "command": " ".join(sys.argv),
+              "threads": args.threads, "calls": args.calls, "size": args.size,
+              "command": " ".join(sys.argv),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "configs": []}
     for batch, dtype in configs:
         rows = []
         for r in range(args.rounds):
             order = ("a", "b") if r % 2 == 0 else ("b", "a")
-            got = {side: _measure(getattr(args, side), batch, dtype, args.calls, args.threads)
+            got = {side: _measure(getattr(args, side), batch, dtype, args.calls, args.threads,
+                                  args.size)
                    for side in order}
             rows.append(got)
             print(f"batch {batch} {dtype} round {r + 1}: A {got['a']['median_s'] * 1e3:.2f} ms, "

@@ -42,10 +42,10 @@ def _restore(saved) -> None:
     fused_module.all_finite, fused_module.records_grad = saved
 
 
-def measure(batch: int, dtype_name: str, rounds: int) -> dict:
+def measure(batch: int, dtype_name: str, rounds: int, size: int = 224) -> dict:
     dtype = bench.DTYPES[dtype_name]
     model = bench.make_model("resnet50")
-    x = bench.make_input(batch, dtype, "cpu")
+    x = bench.make_input(batch, dtype, "cpu", size=size)
     fused = resnet_fused.fuse(model, dtype=dtype)
     with torch.no_grad():
         checked_out = fused(x)
@@ -81,7 +81,7 @@ def measure(batch: int, dtype_name: str, rounds: int) -> dict:
         q = statistics.quantiles(values, n=4)
         return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
 
-    return {"batch": batch, "dtype": dtype_name, "rounds": rounds,
+    return {"batch": batch, "dtype": dtype_name, "rounds": rounds, "size": size,
             "checked_median_s": statistics.median(times["checked"]),
             "unchecked_median_s": statistics.median(times["unchecked"]),
             "ratio": ratio("checked", "unchecked"), "a_a_ratio": ratio("checked_again", "checked"),
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--size", type=int, default=224, help="image height and width")
     parser.add_argument("--json", help="write every measurement here")
     args = parser.parse_args(argv)
     if args.rounds < 2:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {bench.cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for batch in (int(b) for b in args.batches.split(",")):
         for dtype_name in args.dtypes.split(","):
-            r = measure(batch, dtype_name, args.rounds)
+            r = measure(batch, dtype_name, args.rounds, args.size)
             results.append(r)
             ratio, a_a = r["ratio"], r["a_a_ratio"]
             print(f"batch {batch} {dtype_name}: checked {r['checked_median_s'] * 1e3:.2f} ms, "

@@ -311,3 +311,43 @@ def test_in_model_ab_scripts(script, labels, tmp_path, capsys, monkeypatch):
     assert case["layers"] and set(case["model_s"]) == set(labels)
     for layer in case["layers"]:
         assert all(len(layer[f"{label}_s"]) == 2 for label in labels)
+
+
+def _load_script(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, REPO / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_overhead_script(tmp_path, capsys, monkeypatch):
+    """benchmarks/cpu_check_overhead.py on a tiny input: the three series timed, outputs
+    compared."""
+    module = _load_script("cpu_check_overhead", monkeypatch)
+    out = tmp_path / "overhead.json"
+    assert module.main(["--batches", "1", "--dtypes", "float32", "--rounds", "2", "--size", "32",
+                        "--json", str(out)]) == 0
+    assert "checked / unchecked" in capsys.readouterr().out
+    (result,) = json.loads(out.read_text())["results"]
+    assert set(result["times_s"]) == {"checked", "unchecked", "checked_again"}
+    assert all(len(t) == 2 for t in result["times_s"].values()) and result["input_check_s"] > 0
+
+
+def test_ab_revisions_script(tmp_path, capsys, monkeypatch):
+    """benchmarks/cpu_ab_revisions.py with this checkout on both sides: a child process per side
+    and round, each importing the checkout it was given and checking its output."""
+    module = _load_script("cpu_ab_revisions", monkeypatch)
+    out = tmp_path / "ab.json"
+    assert module.main(["--a", str(REPO), "--b", str(REPO), "--batches", "1", "--dtypes",
+                        "float32", "--rounds", "2", "--calls", "1", "--threads", "1", "--size",
+                        "32", "--json", str(out)]) == 0
+    assert "B / A =" in capsys.readouterr().out
+    (config,) = json.loads(out.read_text())["configs"]
+    assert len(config["rounds"]) == 2
+    for row in config["rounds"]:
+        for side in ("a", "b"):
+            assert row[side]["package"].startswith(str(REPO / "resnet_fused"))
+            assert row[side]["rel_error"] <= 1e-4
+    with pytest.raises(SystemExit):
+        module.main(["--a", str(tmp_path), "--b", str(REPO)])  # not a checkout: refused

@@ -176,12 +176,12 @@ def layer_variant(name: str, layer: ConvLayer, inputs: dict) -> tuple[Callable[[
     if name == "conv":
         return (lambda: F.conv2d(x, w, None, stride, pad)), "conv"
     if name in ("onednn-conv", "fused-onednn"):
-        from ..cpu import onednn
+        from ..cpu import capability
         from ..fused import FusedConvBNAct
 
         if x.device.type != "cpu":
             raise Unavailable(f"{name} runs on CPU tensors only")
-        if x.dtype not in onednn.fast_dtypes():
+        if x.dtype not in capability.fast_dtypes():
             raise Unavailable(f"{name}: oneDNN has no {x.dtype} convolutions on this CPU")
         if name == "onednn-conv":
             packed = torch.ops.mkldnn._reorder_convolution_weight(
