@@ -6,8 +6,9 @@ when C_out > 64 and it still fills every SM, medium 128x64, small 64x64) for fp1
 as TF32; the fp32 FMA path (TF32 off); the direct fallback (forced with
 RESNET_FUSED_CUDA_CONV_PATH=direct); the stem's channel padding; residual and no residual;
 add_relu (flat and relayout); and, when the build has it, every other implementation named by
-``torch.ops.resnet_fused.cuda_impls()`` through ``conv_bn_act_cuda_impl``. Each output is
-poisoned first and checked against the reference, so the run also fails on a wrong result.
+``torch.ops.resnet_fused.cuda_impls()`` through ``conv_bn_act_cuda_impl``, on the cases its plan
+takes (the others are listed as skipped, with the reason). Each output is poisoned first and
+checked against the reference, so the run also fails on a wrong result.
 
     python3 benchmarks/cuda_paths.py            # on a GPU: run every case (exit 1 on a failure)
     python3 benchmarks/cuda_paths.py --list     # anywhere: the cases, nothing run
@@ -76,6 +77,33 @@ def cases(impls: list[str]) -> list[Case]:
     return out
 
 
+def plan_refusal(case: Case) -> str:
+    """"" if the implementation named by ``case.impl`` takes the case, else why not, from the
+    sm90 plan (csrc/sm90/conv_plan.h, answered on any machine). The default op and mma_sync take
+    every case: it is they that a refusal falls back to."""
+    if not case.impl.startswith("sm90_cutlass"):
+        return ""
+    config = case.impl.split(":", 1)[1] if ":" in case.impl else ""
+    lines = torch.ops.resnet_fused._sm90_conv_plan(
+        [case.n, case.c, case.h, case.h], [case.k, case.c, case.r, case.r], [case.stride] * 2,
+        [case.pad] * 2, getattr(torch, case.dtype), case.residual, True, 90, config)
+    plan = dict(line.split("=", 1) for line in lines)
+    return "" if plan["ok"] == "1" else plan["why"]
+
+
+def runnable(todo: list[Case]) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """The cases their implementation takes, and the others with the reason: an implementation
+    that refuses a call is not a memory error, and must not make the sanitizer run fail."""
+    keep, dropped = [], []
+    for case in todo:
+        why = plan_refusal(case)
+        if why:
+            dropped.append((case, why))
+        else:
+            keep.append(case)
+    return keep, dropped
+
+
 @contextlib.contextmanager
 def _path(case: Case):
     saved_env = os.environ.get("RESNET_FUSED_CUDA_CONV_PATH")
@@ -114,8 +142,9 @@ def run_case(case: Case, gen: torch.Generator) -> float:
             scale.cuda(), shift.cuda(),
             None if res is None else res.cuda().contiguous(memory_format=cl),
             [case.stride] * 2, [case.pad] * 2, True)
-    torch.full((case.n * case.k * ho * ho,), float("nan"), dtype=dtype, device="cuda")  # poison
-    with _path(case):
+    from resnet_fused.poison import poisoned_outputs
+
+    with _path(case), poisoned_outputs():  # the op NaN-fills its output before the launch
         if case.impl:
             y = torch.ops.resnet_fused.conv_bn_act_cuda_impl(*args, case.impl)
         else:
@@ -149,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
 
     impls = list(torch.ops.resnet_fused.cuda_impls()) if hasattr(
         torch.ops.resnet_fused, "cuda_impls") else []
-    todo = cases(impls)
+    todo, dropped = runnable(cases(impls))
+    for c, why in dropped:
+        print(f"skip  {c.name:<34} the implementation does not take it: {why}")
     if args.list or not torch.cuda.is_available():
         for c in todo:
             m = c.n * ((c.h + 2 * c.pad - c.r) // c.stride + 1) ** 2

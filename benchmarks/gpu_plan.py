@@ -97,22 +97,10 @@ BENCH_MODELS = (("resnet50", 256, "bfloat16"), ("resnet50", 1, "bfloat16"))
 # ------------------------------------------------------------------------------------ counting
 
 
-@contextlib.contextmanager
-def _autotune(enabled: bool):
-    saved = os.environ.get("RESNET_FUSED_TRITON_AUTOTUNE")
-    os.environ["RESNET_FUSED_TRITON_AUTOTUNE"] = "1" if enabled else "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("RESNET_FUSED_TRITON_AUTOTUNE", None)
-        else:
-            os.environ["RESNET_FUSED_TRITON_AUTOTUNE"] = saved
-
-
 def conv_bindings(x, w, res, stride, padding, relu, autotune: bool, arch: int = ARCH) -> set:
     """The compiles one ``triton_conv_bn_act`` call needs on its first call of a shape: every
-    candidate config it verifies (the launcher's own layout handling and flags)."""
+    candidate config it verifies (the launcher's own layout handling and flags). With tuning off
+    that is the default alone (the next candidate compiles only where the default fails)."""
     import torch
 
     from resnet_fused.checks import check_conv_bn_act_args
@@ -128,8 +116,9 @@ def conv_bindings(x, w, res, stride, padding, relu, autotune: bool, arch: int = 
     x, w = rt._channels_innermost(x), rt._channels_innermost(w)
     res = None if res is None else rt._channels_innermost(res)
     out = torch.empty(sizes, dtype=x.dtype, memory_format=torch.channels_last)
-    with _autotune(autotune):
-        candidates = rt._candidates(x, w, sizes)
+    candidates = rt._candidates(x, w, sizes)
+    if not autotune:
+        candidates = candidates[:1]
     found = set()
     for cfg in candidates:
         launches = aot.record_launches(lambda cfg=cfg: rt.conv_bn_act_launch(

@@ -25,6 +25,11 @@ ImplChoice parse_impl(const std::string& name);
 // Empty when this build contains `impl`, else why not (e.g. "no CUTLASS headers at build time").
 std::string impl_absent_reason(CudaImpl impl);
 
+// Test/verification switch (op resnet_fused::_poison_outputs): while set, every GPU op fills its
+// freshly allocated output with NaN before it launches, so an element a kernel fails to write
+// stays NaN and fails the check (instead of relying on the allocator to hand back a NaN block).
+bool poison_outputs();
+
 // Every name this build can run, e.g. {"mma_sync", "sm90_cutlass:128x128x64_c1x1", ...}; the
 // bare "sm90_cutlass" (family default) is accepted too but not listed, since it is one of these.
 std::vector<std::string> built_impls();

@@ -41,6 +41,9 @@ TORCH_LIBRARY(resnet_fused, m) {
   m.def("cuda_impls() -> str[]");
   // "built", or "absent: <why>" (e.g. no CUTLASS headers at build time); any machine.
   m.def("cuda_impl_status(str impl) -> str");
+  // Tests and verification: while enabled, the GPU ops NaN-fill each output before launching
+  // (csrc/impls.h, poison_outputs); returns the previous setting.
+  m.def("_poison_outputs(bool enable) -> bool");
   // Debug/test: the host-side plan of the sm90 CUTLASS conv (csrc/sm90/conv_plan.h) as
   // "key=value" strings, for a problem given by sizes; `sm` is the compute capability
   // (major * 10 + minor), `config` a configuration name or "" for the family default.

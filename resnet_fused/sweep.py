@@ -3,8 +3,8 @@
 Each case draws kernel size, stride, padding, odd H/W, channel counts that are not multiples of 8
 (3 included), batch 0..300, residual/ReLU on/off, dtype and input memory format, then compares the
 backend with the reference composition in higher precision (float64 for fp32, fp32 for fp16/bf16)
-under docs/design.md's per-op bounds. On CUDA the output memory is poisoned with NaN first (the
-caching allocator hands the freed poisoned block back), so an element the kernel fails to write
+under docs/design.md's per-op bounds. On CUDA the ops NaN-fill their outputs first
+(:func:`resnet_fused.poison.poisoned_outputs`), so an element the kernel fails to write
 fails the case. The same seed and size always give the same cases. ``--backends cuda`` runs each
 case through every CUDA implementation the build has that takes it (``cuda:<impl>`` rows).
 """
@@ -21,6 +21,7 @@ import torch
 from . import ops
 from .backends import BACKENDS, resolve_backend
 from .cuda import selection
+from .poison import poisoned_outputs
 from .progress import progress
 from .reference import conv_bn_act_reference
 from .testing import random_bn_params, reference_dtype, relative_error, tolerance
@@ -72,12 +73,6 @@ def draw_cases(count: int, seed: int, dtypes: list[str]) -> list[Case]:
     return cases
 
 
-def _poison_cuda_block(sizes: list[int], dtype: torch.dtype, device: torch.device) -> None:
-    # Fill a block of the output's size with NaN and free it: the caching allocator gives the
-    # same block to the next allocation of that size, i.e. to the kernel's output.
-    torch.full(sizes, float("nan"), dtype=dtype, device=device)
-
-
 @dataclass
 class Prepared:
     """A case's data on the device and its reference (computed once, shared by the backends)."""
@@ -122,13 +117,12 @@ def check(case: Case, backend: str, prepared: Prepared, device: torch.device) ->
                                                         padding, backend.removeprefix("cuda:"))
         if why:
             return None  # this implementation does not take this case: not a result
-    if device.type == "cuda":
-        _poison_cuda_block(list(prepared.out_sizes), dtype, device)
-    if backend.startswith("cuda:"):
-        y = selection.run(backend, *args, stride, padding, case.relu)
-    else:
-        y = ops.conv_bn_act(*args, stride=stride, padding=padding, relu=case.relu,
-                            backend=backend)
+    with poisoned_outputs():  # GPU ops NaN-fill their outputs: an unwritten element fails
+        if backend.startswith("cuda:"):
+            y = selection.run(backend, *args, stride, padding, case.relu)
+        else:
+            y = ops.conv_bn_act(*args, stride=stride, padding=padding, relu=case.relu,
+                                backend=backend)
     err = relative_error(y.cpu(), prepared.ref) if y.numel() else 0.0
     bound = tolerance(dtype, "op", device)
     strides_ok = y.stride() == torch.empty(

@@ -11,9 +11,11 @@ definition and the hardware's documented limits, for every conv shape of the Res
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
+from sm90_cases import SM90_EDGE_CASES
 
 import resnet_fused
 from resnet_fused.testing import resnet_conv_shapes
@@ -26,7 +28,7 @@ CONFIGS = {
     "128x128x64_c2x1": (128, 128, 64, 2, 1, True),
     "128x128x64_c1x1": (128, 128, 64, 1, 1, True),
     "128x64x64_c1x1": (128, 64, 64, 1, 1, True),
-    "128x64x16_c1x1": (128, 64, 16, 1, 1, False),
+    "128x64x16_c1x1": (128, 64, 16, 1, 1, True),
 }
 CANDIDATES = {
     "1x1": ["128x128x64_c1x1", "128x128x64_c2x1", "128x64x64_c1x1"],
@@ -173,6 +175,18 @@ EDGE_SHAPES = [
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", SM90_EDGE_CASES, ids=lambda c: "x".join(map(str, c[0] + c[1]))
+                         + f"-res{int(c[4])}")
+def test_gpu_edge_cases_all_plan(case, dtype):
+    """Every edge case the GPU tier runs through sm90_cutlass (tests/test_cuda_sm90.py) has a
+    plan here: a shape the plan refuses would only fail there, on the GPU's time."""
+    x, w, stride, padding, residual, relu, _layout = case
+    got = plan(x, w, stride, padding, dtype=dtype, residual=residual, relu=relu)
+    assert got["ok"] == 1, got.get("why")
+    assert got == expected_plan(x, w, stride, padding, residual, relu)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("edge", EDGE_SHAPES, ids=lambda e: "x".join(map(str, e[0] + e[1])))
 def test_edge_shape_plans(edge, dtype):
     x, w, stride, padding, residual, relu = edge
@@ -200,8 +214,6 @@ REFUSALS = [
     ((1, 16, 4, 4), (16, 16, 257, 257), (1, 1), (128, 128), {}, ["filter offsets"]),
     ((4096, 64, 1024, 1024), (64, 64, 1, 1), (1, 1), (0, 0), {}, ["32-bit", "M = N*P*Q"]),
     ((0, 64, 8, 8), (64, 64, 3, 3), (1, 1), (1, 1), {}, ["empty problem", "N=0"]),
-    ((2, 3, 32, 32), (64, 3, 7, 7), (2, 2), (3, 3), {"residual": True},
-     ["128x64x16_c1x1", "without a residual"]),
 ]
 
 
@@ -281,3 +293,27 @@ def test_fake_impl_of_the_named_impl_op():
     assert y.shape == ref.shape == (2, 24, 5, 4) and y.dtype == torch.bfloat16
     cl = torch.empty(2, 24, 5, 4, memory_format=torch.channels_last).stride()
     assert y.stride() == ref.stride() == cl
+
+
+def test_sanitizer_script_runs_only_planned_cases(monkeypatch):
+    """benchmarks/cuda_paths.py (the compute-sanitizer script) runs each sm90 configuration only
+    on the cases its plan takes: a refusal there is not a memory error, and used to fail the run."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_paths.py"
+    spec = importlib.util.spec_from_file_location("cuda_paths", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cuda_paths", module)  # its dataclasses look it up there
+    spec.loader.exec_module(module)
+    names = ["mma_sync", "sm90_cutlass"] + [f"sm90_cutlass:{c}" for c in CONFIGS]
+    keep, dropped = module.runnable(module.cases(names))
+    assert dropped, "some configuration/case pairs are not candidates: they must be skipped"
+    for case, why in dropped:
+        assert case.impl.startswith("sm90_cutlass:") and why, case
+    for case in keep:
+        assert module.plan_refusal(case) == "", case
+    # Every configuration still runs somewhere, and the default op runs every default case.
+    for config in CONFIGS:
+        assert any(c.impl == f"sm90_cutlass:{config}" for c in keep), config
+    assert sum(1 for c in keep if not c.impl) == sum(1 for c in module.cases([]) if not c.impl)

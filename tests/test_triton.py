@@ -9,6 +9,7 @@ Two tiers:
 - ``gpu``: the real compiler on CUDA; skipped cleanly without a GPU.
 """
 
+import contextlib
 import os
 
 import torch
@@ -24,6 +25,8 @@ pytest.importorskip("triton")
 import resnet_fused
 from resnet_fused import ops
 from resnet_fused import triton as rt  # registers the ops
+from resnet_fused.cuda import tuning
+from resnet_fused.poison import poisoned_outputs
 from resnet_fused.reference import add_relu_reference, conv_bn_act_reference
 from resnet_fused.testing import (
     random_bn_params,
@@ -34,7 +37,7 @@ from resnet_fused.testing import (
     try_import,
 )
 from resnet_fused.triton import configs
-from resnet_fused.triton.conv_bn_act import _conv_bn_act_kernel
+from resnet_fused.triton.conv_bn_act import _config_name, _conv_bn_act_kernel
 
 pytestmark = pytest.mark.triton
 
@@ -448,12 +451,6 @@ def no_autotune(monkeypatch):
     monkeypatch.setenv("RESNET_FUSED_TRITON_AUTOTUNE", "0")
 
 
-def _poison_allocator(numel, dtype):
-    """Leaves a NaN-filled block in the caching allocator, so the next same-size allocation
-    (the op's output) starts as NaN: any element the kernel skips stays non-finite."""
-    torch.full((numel,), float("nan"), dtype=dtype, device="cuda")
-
-
 @pytest.mark.gpu
 @gpu_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -461,9 +458,9 @@ def test_gpu_conv_sweep(dtype, no_autotune, generator):
     for case in GPU_CASES:
         x, wt, scale, shift, res, stride, padding = _make_case(case, dtype, "cuda", generator)
         ref = _reference(x, wt, scale, shift, res, stride, padding, case["relu"], dtype)
-        _poison_allocator(ref.numel(), dtype)
-        y = ops.conv_bn_act(x, wt, scale, shift, res, stride, padding, case["relu"],
-                            backend="triton")
+        with poisoned_outputs():  # an element the kernel skips stays NaN
+            y = ops.conv_bn_act(x, wt, scale, shift, res, stride, padding, case["relu"],
+                                backend="triton")
         assert y.stride() == _cl_strides(ref.shape, dtype)
         assert torch.isfinite(y).all(), f"{case}: unwritten (NaN) elements"
         err = relative_error(y, ref)
@@ -487,17 +484,59 @@ def test_gpu_every_table_config_writes_everything(dtype, generator):
 
 @pytest.mark.gpu
 @gpu_only
-def test_gpu_autotune_caches_a_table_config(monkeypatch, generator):
+def test_gpu_autotune_caches_a_table_config(monkeypatch, tmp_path, generator):
     monkeypatch.setenv("RESNET_FUSED_TRITON_AUTOTUNE", "1")
-    configs.clear_cache()
+    monkeypatch.setenv("RESNET_FUSED_CACHE_DIR", str(tmp_path))  # no choice from an earlier run
+    tuning.clear()
     case = _case((4, 64, 28, 28), 64, 3, 1, 1, True, True, "cl")
     x, wt, scale, shift, res, stride, padding = _make_case(case, torch.float16, "cuda", generator)
     y = ops.conv_bn_act(x, wt, scale, shift, res, stride, padding, True, backend="triton")
-    assert len(configs._CHOSEN) == 1
-    chosen = next(iter(configs._CHOSEN.values()))
-    assert chosen in configs.all_conv_configs()
+    chosen = [v for (namespace, _), v in tuning._CHOSEN.items()
+              if namespace == "triton.conv_bn_act"]
+    assert len(chosen) == 1
+    assert chosen[0] in {_config_name(c) for c in configs.all_conv_configs()}
+    assert (tmp_path / "tuning.json").exists()  # and kept on disk for the next process
     ref = _reference(x, wt, scale, shift, res, stride, padding, True, torch.float16)
     assert relative_error(y, ref) <= tolerance(torch.float16, "op", "cuda")
+
+
+@pytest.mark.gpu
+@gpu_only
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_gpu_tensors_on_another_device(generator):
+    """Tensors on cuda:1 while cuda:0 is current: the ops launch on the tensors' device."""
+    case = _case((2, 32, 14, 14), 48, 3, 1, 1, True, True, "cl")
+    x, wt, scale, shift, res, stride, padding = _make_case(case, torch.float16, "cuda:1",
+                                                           generator)
+    with torch.cuda.device(0):
+        y = torch.ops.resnet_fused.triton_conv_bn_act(x, wt, scale, shift, res, stride, padding,
+                                                      True)
+        z = torch.ops.resnet_fused.triton_add_relu(y, y)
+    torch.cuda.synchronize(1)
+    ref = _reference(x, wt, scale, shift, res, stride, padding, True, torch.float16)
+    assert y.device == x.device and relative_error(y, ref) <= tolerance(torch.float16, "op",
+                                                                         "cuda")
+    assert torch.equal(z, torch.relu(y.float() * 2).to(y.dtype))
+
+
+def test_launch_guard_switches_to_the_tensors_device(monkeypatch):
+    """On any machine: the guard the ops launch under makes the tensor's CUDA device current
+    (the GPU tier above checks the launch itself on two devices)."""
+    from resnet_fused.triton.launch import on_device_of
+
+    class OnDevice:
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+    entered = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device",
+                        lambda d: entered.append(d) or contextlib.nullcontext())
+    with on_device_of(OnDevice("cuda:1")):
+        pass
+    with on_device_of(OnDevice("cuda:0")), on_device_of(OnDevice("cpu")):
+        pass
+    assert entered == [torch.device("cuda:1")]
 
 
 @pytest.mark.gpu
@@ -508,8 +547,12 @@ def test_gpu_int64_offsets(no_autotune, generator):
     the last image, whose addresses are beyond 2^31."""
     free, _ = torch.cuda.mem_get_info()
     n, c, h, w = 33, 64, 1024, 1024  # 2.2e9 elements per tensor, 4.4 GB each in fp16
-    if free < 12 * n * c * h * w:
-        pytest.skip("not enough GPU memory for a > 2^31-element tensor")
+    # Bytes per element at the peak: input and output (2 + 2), the shape's first-call
+    # verification (its own input and output copies 2 + 2, a second run's output 2, the fp32
+    # reference's input, output and epilogue temporaries 4 + 4 + 4), with headroom: ~53 GB.
+    if free < 24 * n * c * h * w:
+        pytest.skip(f"needs ~{24 * n * c * h * w / 1e9:.0f} GB of free GPU memory for a "
+                    f"> 2^31-element tensor and its verification, {free / 1e9:.0f} GB free")
     x = torch.empty((n, c, h, w), dtype=torch.float16, device="cuda",
                     memory_format=torch.channels_last).normal_(generator=None)
     wt = (torch.randn(c, c, 1, 1, generator=generator) / 8).half().cuda().contiguous(
@@ -528,8 +571,8 @@ def test_gpu_int64_offsets(no_autotune, generator):
 @pytest.mark.parametrize("layout", ADD_RELU_LAYOUTS)
 def test_gpu_add_relu(layout, dtype, generator):
     x, res = _add_relu_inputs(layout, dtype, "cuda", generator)
-    _poison_allocator(x.numel(), dtype)
-    y = ops.add_relu(x, res, backend="triton")
+    with poisoned_outputs():
+        y = ops.add_relu(x, res, backend="triton")
     assert y.stride() == torch.empty_like(x).stride()
     assert torch.equal(y, add_relu_reference(x, res))
 

@@ -51,6 +51,12 @@ class Problem:
             return out
         if cand == "crashes":
             raise RuntimeError("out of shared memory")
+        if cand == "bad_tile":  # 4 of 1000 elements off by 5 RMS: small in L2, not elementwise
+            out = 2 * self.x
+            out[100:104] += 5 * (2 * self.x).square().mean().sqrt()
+            return out
+        if cand == "racy":  # right to the bound, but not the same twice
+            return 2 * self.x + self.runs[cand] * 1e-12 * self.x.abs().max()
         return 2 * self.x
 
 
@@ -166,3 +172,52 @@ def test_triton_op_drops_a_miscompiled_candidate(monkeypatch, generator):
     # Later calls of the shape reuse the verified choice: no new rejection, still right.
     y2 = ops.conv_bn_act(x, w, scale, shift, None, 1, 1, True, backend="triton")
     assert torch.equal(y, y2) and len(tuning.REJECTED) == 1
+
+
+def test_a_corrupted_tile_is_rejected_though_the_l2_error_passes(generator):
+    problem = Problem(generator)
+    reference = problem.reference()
+    bad = problem.run("bad_tile")
+    assert relative_error(bad, reference) <= 0.5  # a loose global bound alone would pass it
+    with pytest.warns(UserWarning, match="bad_tile failed verification"):
+        chosen = tuning.choose("test", ("k", 2), ["bad_tile", "good"], run=problem.run,
+                               reference=problem.reference, bound=0.5, device=CPU, name=str,
+                               timer=lambda fn: (fn(), 1.0)[1])
+    assert chosen == "good"
+    assert "worst element" in tuning.REJECTED[0].reason
+
+
+def test_a_candidate_that_differs_between_runs_is_rejected(generator):
+    problem = Problem(generator)
+    with pytest.warns(UserWarning, match="racy failed verification"):
+        chosen = _choose(problem, ["racy", "good"], timer=lambda fn: (fn(), 1.0)[1])
+    assert chosen == "good"
+    assert "two runs on the same data differ" in tuning.REJECTED[0].reason
+
+
+def test_first_passing_falls_through_and_runs_no_more(generator):
+    """Tuning off: the default, or the next candidate that passes where it fails; the ones after
+    it are not run, and nothing is timed."""
+    problem = Problem(generator)
+
+    def no_timing(fn):
+        raise AssertionError("nothing may be timed with first_passing")
+
+    with pytest.warns(UserWarning, match="wrong failed verification"):
+        chosen = _choose(problem, ["wrong", "good", "good_other"], timer=no_timing,
+                         first_passing=True)
+    assert chosen == "good"
+    assert "good_other" not in problem.runs
+    assert _choose(Problem(generator), ["good", "wrong"], timer=no_timing,
+                   first_passing=True) == "good"
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_verification_data_keeps_the_calls_alignment(offset, generator):
+    """Triton specializes on 16-byte alignment: the verified data must share the call's."""
+    base = torch.randn(4 * 5 * 6 * 7 + 8, generator=generator)
+    call = base[offset:offset + 4 * 5 * 6 * 7].view(4, 5, 6, 7)
+    like = tuning._like(call, torch.Generator().manual_seed(0))
+    assert like.shape == call.shape and like.stride() == call.stride()
+    assert like.data_ptr() % 16 == call.data_ptr() % 16
+    assert torch.isfinite(like).all() and like.std() > 0.5

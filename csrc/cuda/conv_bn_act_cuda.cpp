@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -112,6 +113,13 @@ bool aligned16(const at::Tensor& t) {
 
 // A dense channels_last copy of a 4-D tensor with `channels` >= t.size(1) channels, the extra
 // ones zero (zero input channels x zero weights add nothing to the conv).
+// A fresh output, NaN-filled first while poison_outputs() is set (csrc/impls.h): then an element
+// the kernel fails to write is NaN, whatever memory the allocator handed back.
+at::Tensor new_output(at::Tensor out) {
+  if (poison_outputs() && out.numel() > 0) out.fill_(std::numeric_limits<float>::quiet_NaN());
+  return out;
+}
+
 at::Tensor pad_channels(const at::Tensor& t, int64_t channels) {
   std::vector<int64_t> sizes = t.sizes().vec();
   sizes[1] = channels;
@@ -144,7 +152,7 @@ at::Tensor conv_bn_act_cuda(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(input.is_cuda(), "conv_bn_act (cuda): input must be a CUDA tensor, got ",
               input.device());
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor out = empty_channels_last(out_sizes, input.options());
+  at::Tensor out = new_output(empty_channels_last(out_sizes, input.options()));
   if (out.numel() == 0) return out;  // N == 0: nothing to launch
 
   const cuda::DType dtype = kernel_dtype(input.scalar_type());
@@ -265,7 +273,7 @@ at::Tensor conv_bn_act_sm90(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(input.is_cuda(), "conv_bn_act_cuda_impl: input must be a CUDA tensor, got ",
               input.device());
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor out = empty_channels_last(out_sizes, input.options());
+  at::Tensor out = new_output(empty_channels_last(out_sizes, input.options()));
   if (out.numel() == 0) return out;  // N == 0: nothing to launch
   const sm90::ConvPlan plan =
       sm90_plan(input, weight, residual.has_value(), stride, padding, relu, config);
@@ -330,7 +338,7 @@ at::Tensor add_relu_cuda(const at::Tensor& x, const at::Tensor& residual) {
   check_add_relu_args(x, residual);
   TORCH_CHECK(x.is_cuda(), "add_relu (cuda): x must be a CUDA tensor, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out = at::empty_like(x);  // dense; x's strides when x is dense
+  at::Tensor out = new_output(at::empty_like(x));  // dense; x's strides when x is dense
   if (out.numel() == 0) return out;
   // The kernel walks storage flat, so all three must share one dense layout: out's. Operands in
   // another layout (or not dense) are first copied into it: correct, if not fused.

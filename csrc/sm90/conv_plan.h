@@ -40,12 +40,14 @@ struct TileConfig {
 //   1: the same tile without a cluster: no pairing constraint on the grid.
 //   2: 128x64: layers with C_out = 64 (a 128-wide N tile would be half empty) and small grids.
 //   3: 128x64 with a 16-wide K slice: the stem (C_in = 3 padded to 8) and other narrow inputs,
-//      where a 64-wide slice over a handful of channels would be mostly zeros.
+//      where a 64-wide slice over a handful of channels would be mostly zeros. With a residual
+//      variant too: the stem has none, but every narrow conv the family takes may (C_in = 16
+//      with a skip path), and the family has no other configuration to fall back on.
 inline constexpr TileConfig kConfigs[] = {
     {"128x128x64_c2x1", 128, 128, 64, 2, 1, true},
     {"128x128x64_c1x1", 128, 128, 64, 1, 1, true},
     {"128x64x64_c1x1", 128, 64, 64, 1, 1, true},
-    {"128x64x16_c1x1", 128, 64, 16, 1, 1, false},
+    {"128x64x16_c1x1", 128, 64, 16, 1, 1, true},
 };
 inline constexpr int kNumConfigs = static_cast<int>(sizeof(kConfigs) / sizeof(kConfigs[0]));
 

@@ -107,9 +107,14 @@ struct ConvKernel {
   using Op = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
 };
 
-inline const char* error_message(const char* what, cudaError_t err) {
-  thread_local char buf[256];
-  std::snprintf(buf, sizeof(buf), "%s (CUDA error: %s)", what, cudaGetErrorString(err));
+// CUTLASS's adapter reads (and so clears) the CUDA error itself before it returns a failed
+// Status: the message says CUTLASS's status, and a CUDA error only if one is still pending.
+inline const char* error_message(const char* what, cutlass::Status status) {
+  thread_local char buf[320];
+  const cudaError_t err = cudaGetLastError();
+  std::snprintf(buf, sizeof(buf), "%s (CUTLASS: %s%s%s)", what,
+                cutlass::cutlassGetStatusString(status), err == cudaSuccess ? "" : "; CUDA: ",
+                err == cudaSuccess ? "" : cudaGetErrorString(err));
   return buf;
 }
 
@@ -179,15 +184,19 @@ const char* run(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t str
     return "sm90_cutlass: this configuration asks for a workspace, which the binding does not "
            "allocate";
   }
-  if (op.can_implement(args) != cutlass::Status::kSuccess) {
-    return "sm90_cutlass: CUTLASS rejects a problem the plan accepted (a plan bug)";
+  cutlass::Status status = op.can_implement(args);
+  if (status != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: CUTLASS rejects a problem the plan accepted (a plan bug)",
+                         status);
   }
-  if (op.initialize(args, nullptr, stream) != cutlass::Status::kSuccess) {
+  status = op.initialize(args, nullptr, stream);
+  if (status != cutlass::Status::kSuccess) {
     return error_message("sm90_cutlass: CUTLASS could not initialize the kernel (TMA "
-                         "descriptors or shared-memory setup)", cudaGetLastError());
+                         "descriptors or shared-memory setup)", status);
   }
-  if (op.run(stream) != cutlass::Status::kSuccess) {
-    return error_message("sm90_cutlass: kernel launch failed", cudaGetLastError());
+  status = op.run(stream);
+  if (status != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: kernel launch failed", status);
   }
   return nullptr;
 }

@@ -20,7 +20,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .. import backends
+from .. import backends, poison
 from . import tuning
 
 MMA_SYNC = "cuda:mma_sync"
@@ -108,18 +108,13 @@ def _measure(backend, key, names, input, weight, residual, stride, padding, relu
 
     out_sizes = conv_output_size(input, weight, list(stride), list(padding))
     problem = tuning.ConvProblem.like(input, weight, residual, stride, padding, relu, out_sizes)
-    numel = 1
-    for size in out_sizes:
-        numel *= size
 
     def launch(name: str) -> Tensor:
         return run(name, *problem.args)
 
     def poisoned_run(name: str) -> Tensor:
-        # The caching allocator hands this freed NaN block to the output of the same size, so an
-        # element the kernel does not write stays NaN and fails the check.
-        torch.full((numel,), float("nan"), dtype=input.dtype, device=input.device)
-        return launch(name)
+        with poison.poisoned_outputs():  # an element the kernel does not write stays NaN
+            return launch(name)
 
     return tuning.choose(f"conv_bn_act.{backend}", key[1:], names, run=poisoned_run,
                          launch=launch, reference=problem.reference, bound=problem.bound,

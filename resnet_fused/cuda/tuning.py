@@ -1,12 +1,16 @@
 """Per-shape choice among candidates (tile configs, implementations): verified, measured, cached.
 
 A candidate is never chosen on trust. The first time a shape is seen, :func:`choose` runs every
-candidate once on random data of that shape and compares its output with the reference
-composition under the project's per-op numerics bound (NaN-poisoned output, so an unwritten
-element fails too). A candidate that raises or misses the bound is dropped and reported (a warning
+candidate twice on random data with the call's exact layout (sizes, strides, and the pointers'
+alignment, on which Triton specializes) and compares its output with the reference composition:
+the per-op relative-L2 bound, every element within ``ELEMENTWISE_FACTOR`` times that bound of
+the reference's RMS (a corrupted tile barely moves the L2 error), and the two runs bit for bit
+equal (the kernels have no atomics: a difference is a race). Outputs are NaN-poisoned, so an
+unwritten element fails too. A candidate that raises or fails is dropped and reported (a warning
 and :data:`REJECTED`): compilers do miscompile (Triton 3.4-3.6 silently miscompiled Inductor's 3x3
 conv template with ``num_warps=8``, pytorch issue 173068). The survivors are timed and the fastest
-wins; a single survivor is chosen without timing.
+wins; a single survivor is chosen without timing. With ``first_passing`` (tuning off) the first
+candidate that passes is taken and the rest are not run: a default with fall-through.
 
 Choices are cached for the process and, for CUDA devices, on disk (``$RESNET_FUSED_CACHE_DIR``,
 default ``~/.cache/resnet_fused/tuning.json``), keyed by the device, the versions of torch,
@@ -30,7 +34,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from ..testing import relative_error
+from ..testing import ELEMENTWISE_FACTOR, elementwise_error, relative_error
 
 __all__ = [
     "REJECTED",
@@ -145,13 +149,16 @@ def wall_timer(fn: Callable[[], object], reps: int = 3) -> float:
     return time_fn(fn, "cpu", warmup=1, reps=reps).median
 
 
-def cuda_timer(fn: Callable[[], object], reps: int = 20) -> float:
-    """Median seconds of ``fn()`` on the current CUDA stream: bench's CUDA-event timer (3
-    warm-ups, an untimed L2 flush before each rep, as the benchmarks measure)."""
+def cuda_timer(fn: Callable[[], object], reps: int = 20,
+               device: torch.device | None = None) -> float:
+    """Median seconds of ``fn()`` on ``device``'s current stream (default: the current device):
+    bench's CUDA-event timer (3 warm-ups, an untimed L2 flush before each rep, as the benchmarks
+    measure)."""
     from ..bench.timing import time_fn
 
-    return time_fn(fn, torch.device("cuda", torch.cuda.current_device()), warmup=3,
-                   reps=reps).median
+    if device is None or device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return time_fn(fn, device, warmup=3, reps=reps).median
 
 
 def choose(
@@ -167,6 +174,7 @@ def choose(
     fingerprint: str = "",
     launch: Callable[[T], object] | None = None,
     persist: bool | None = None,
+    first_passing: bool = False,
 ) -> T:
     """The verified, fastest candidate for ``key`` (see the module docstring).
 
@@ -185,6 +193,8 @@ def choose(
         fingerprint: identifies the candidates' code (e.g. a kernel source hash), part of the key.
         launch: what is timed per candidate (default ``run``; pass one without the poisoning).
         persist: keep the choice in the disk cache too (default: for CUDA devices).
+        first_passing: take the first candidate that passes verification, untimed (the ones
+            after it are not even run): a default with fall-through when tuning is off.
 
     Raises:
         RuntimeError: when no candidate passes verification (nothing is safe to run).
@@ -195,19 +205,43 @@ def choose(
     chosen = lookup(namespace, key, candidates, device, name, fingerprint, persist)
     if chosen is not None:
         return chosen
+    # Candidates run, and are timed, on the problem's device, whichever one is current.
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        return _verify_and_time(namespace, key, candidates, run, reference, bound, device, name,
+                                timer, fingerprint, launch, persist, first_passing)
+
+
+def _failure(out: Tensor, again: Tensor, ref: Tensor, bound: float) -> str:
+    """Why a candidate's two outputs (``out``, ``again``: two runs on the same data) fail, or ""."""
+    err = relative_error(out, ref)
+    if not err <= bound:  # NaN/inf never passes
+        return f"relative error {err:.3e} > bound {bound:.1e}"
+    worst = elementwise_error(out, ref)
+    if not worst <= ELEMENTWISE_FACTOR * bound:
+        return (f"worst element off by {worst:.3e} x the reference's RMS > {ELEMENTWISE_FACTOR:g}"
+                f" x bound (a wrong tile?)")
+    if not torch.equal(out, again):
+        return "two runs on the same data differ (a race? the kernels have no atomics)"
+    return ""
+
+
+def _verify_and_time(namespace, key, candidates, run, reference, bound, device, name, timer,
+                     fingerprint, launch, persist, first_passing):
     shape_key = repr(tuple(key))
     ref = reference()
     passed = []
     for cand in candidates:
         try:
-            err = relative_error(run(cand), ref)
+            # `run` may hand back the same buffer each time: keep the first result apart.
+            out = run(cand).clone()
+            reason = _failure(out, run(cand), ref, bound)
         except Exception as e:  # a launch failure (e.g. out of shared memory) drops the candidate
             reason = f"raised {type(e).__name__}: {e}"
-        else:
-            if err <= bound:  # NaN/inf never passes
-                passed.append(cand)
-                continue
-            reason = f"relative error {err:.3e} > bound {bound:.1e}"
+        if not reason:
+            passed.append(cand)
+            if first_passing:
+                break
+            continue
         REJECTED.append(Rejection(namespace, shape_key, name(cand), reason))
         warnings.warn(f"resnet_fused: {namespace} candidate {name(cand)} failed verification for "
                       f"{shape_key} and is dropped: {reason}", stacklevel=2)
@@ -219,7 +253,8 @@ def choose(
                                if r.namespace == namespace and r.key == shape_key))
     best = passed[0]
     if len(passed) > 1:
-        timer = timer or (cuda_timer if device.type == "cuda" else wall_timer)
+        timer = timer or (functools.partial(cuda_timer, device=device) if device.type == "cuda"
+                          else wall_timer)
         best_s = math.inf
         for cand in passed:
             seconds = timer(lambda cand=cand: (launch or run)(cand))
@@ -313,8 +348,25 @@ class ConvProblem:
         return tolerance(self.x.dtype, "op", self.x.device)
 
 
+# Pointer alignments that change a kernel's specialization: Triton specializes on 16-byte
+# alignment, vectorized loads on the element count that fits 16 bytes.
+_ALIGN = 16
+
+
 def _like(t: Tensor, gen: torch.Generator, std: float = 1.0) -> Tensor:
-    """Random N(0, std^2) data with exactly ``t``'s sizes, strides, dtype and device."""
-    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    """Random N(0, std^2) data with exactly ``t``'s sizes, strides, dtype and device, and its data
+    pointer's offset from a 16-byte boundary (a sliced input is not 16-byte aligned, and the
+    kernel specialized for it must be the one verified)."""
+    misalign = t.data_ptr() % _ALIGN if t.numel() else 0
+    if misalign % t.element_size():
+        raise ValueError(f"a tensor whose data pointer is {misalign} bytes past a 16-byte "
+                         f"boundary cannot hold {t.dtype} elements aligned")
+    shift = misalign // t.element_size()
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(),
+                                                                 strict=True)) if t.numel() else 0
+    base = torch.empty(extent + _ALIGN, dtype=t.dtype, device=t.device)
+    # Offset from the (aligned) allocation so that the view starts `misalign` bytes past 16.
+    start = (-(base.data_ptr() % _ALIGN) // t.element_size()) % (_ALIGN // t.element_size())
+    out = base.as_strided(t.shape, t.stride(), start + shift)
     out.copy_(torch.randn(t.shape, generator=gen, device=t.device) * std)
     return out

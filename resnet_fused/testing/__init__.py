@@ -19,10 +19,12 @@ from .data import (
     resnet_conv_shapes,
 )
 from .numerics import (
+    ELEMENTWISE_FACTOR,
     TF32_TOLERANCE,
     TOLERANCES,
     assert_within_bound,
     dtype_name,
+    elementwise_error,
     no_tf32,
     reference_dtype,
     relative_error,
@@ -31,11 +33,13 @@ from .numerics import (
 from .optional import import_or_skip, try_import
 
 __all__ = [
+    "ELEMENTWISE_FACTOR",
     "TF32_TOLERANCE",
     "TOLERANCES",
     "FrozenBatchNorm2d",
     "assert_within_bound",
     "dtype_name",
+    "elementwise_error",
     "freeze_batchnorm",
     "import_or_skip",
     "no_tf32",

@@ -13,10 +13,11 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
+from .. import poison
 from ..autograd import register_add_relu_autograd
 from ..checks import check_add_relu_args
 from . import configs
-from .launch import interpreter_fake_launch, launcher
+from .launch import interpreter_fake_launch, is_tracing, launcher, on_device_of
 
 __all__ = ["triton_add_relu"]
 
@@ -57,6 +58,8 @@ def triton_add_relu(x: Tensor, residual: Tensor) -> Tensor:
         return out
     if interpreter_fake_launch(x, "triton_add_relu"):
         return out  # see triton_conv_bn_act: an interpreted kernel cannot run on fake tensors
+    if poison.enabled() and not is_tracing(x):
+        out.fill_(float("nan"))  # checks: an unwritten element stays NaN (resnet_fused.poison)
     # empty_like keeps x's strides when x is dense; otherwise out is dense in x's suggested
     # format and x itself is copied. Same strides + out dense => flat memory order matches.
     x = _in_layout_of(x, out)
@@ -64,9 +67,10 @@ def triton_add_relu(x: Tensor, residual: Tensor) -> Tensor:
     cfg = configs.INTERPRETER_ADD_RELU_CONFIG if configs.interpreting() else configs.ADD_RELU_CONFIG
     int64 = bool(numel > 2**31 - 1 - cfg.BLOCK)  # a constexpr: a plain bool, never a SymBool
     grid = (triton.cdiv(numel, cfg.BLOCK),)
-    launcher(_add_relu_kernel)[grid](
-        x, residual, out, numel, INT64=int64, BLOCK=cfg.BLOCK, num_warps=cfg.num_warps
-    )
+    with on_device_of(x):
+        launcher(_add_relu_kernel)[grid](
+            x, residual, out, numel, INT64=int64, BLOCK=cfg.BLOCK, num_warps=cfg.num_warps
+        )
     return out
 
 

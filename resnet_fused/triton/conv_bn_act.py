@@ -30,12 +30,13 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
+from .. import poison
 from ..autograd import register_conv_bn_act_autograd
 from ..checks import check_conv_bn_act_args
 from ..cuda import tuning
 from . import configs
 from .configs import ConvConfig
-from .launch import interpreter_fake_launch, is_tracing, launcher
+from .launch import interpreter_fake_launch, is_tracing, launcher, on_device_of
 
 __all__ = ["conv_bn_act_launch", "triton_conv_bn_act"]
 
@@ -225,8 +226,7 @@ def _candidates(input, weight, out_sizes) -> tuple[ConvConfig, ...]:
     if configs.interpreting():
         return (configs.interpreter_conv_config(m, weight.shape[1], weight.shape[0]),)
     family = configs.conv_family(m, weight.shape[1], weight.shape[0], *weight.shape[2:])
-    candidates = configs.conv_candidates(family, input.dtype)
-    return candidates if configs.autotune_enabled() else candidates[:1]
+    return configs.conv_candidates(family, input.dtype)
 
 
 def _verified_config(input, weight, residual, stride, padding, relu, out_sizes, key,
@@ -245,10 +245,12 @@ def _verified_config(input, weight, residual, stride, padding, relu, out_sizes, 
         out.fill_(float("nan"))  # an element the kernel does not write fails the check
         return launch(cfg)
 
+    # Tuning off: the default, or the next candidate that passes where it fails verification.
     return tuning.choose(
         "triton.conv_bn_act", key, candidates, run=run, launch=launch,
         reference=problem.reference, bound=problem.bound, device=input.device,
-        name=_config_name, timer=_timer(input.device), fingerprint=_kernel_fingerprint())
+        name=_config_name, timer=_timer(input.device), fingerprint=_kernel_fingerprint(),
+        first_passing=not configs.autotune_enabled())
 
 
 def _choose_config(input, weight, residual, stride, padding, relu, out_sizes) -> ConvConfig:
@@ -327,6 +329,8 @@ def triton_conv_bn_act(
                       memory_format=torch.channels_last)
     if out.numel() == 0:
         return out  # N = 0: nothing to launch
+    if poison.enabled() and not is_tracing(input):
+        out.fill_(float("nan"))  # checks: an unwritten element stays NaN (resnet_fused.poison)
     if interpreter_fake_launch(input, "triton_conv_bn_act"):
         # The interpreter runs kernels on real host memory; under fake tensors (opcheck's fake
         # test, dynamo's shape propagation) only the already-correct metadata matters.
@@ -341,8 +345,9 @@ def triton_conv_bn_act(
     input, weight = _channels_innermost(input), _channels_innermost(weight)
     if residual is not None:
         residual = _channels_innermost(residual)
-    cfg = _choose_config(input, weight, residual, stride, padding, relu, sizes)
-    conv_bn_act_launch(input, weight, scale, shift, residual, stride, padding, relu, out, cfg)
+    with on_device_of(input):
+        cfg = _choose_config(input, weight, residual, stride, padding, relu, sizes)
+        conv_bn_act_launch(input, weight, scale, shift, residual, stride, padding, relu, out, cfg)
     return out
 
 

@@ -9,6 +9,9 @@ functions annotated with triton.jit or triton.autotune"); there nothing is ever 
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import Tensor
 from torch.library import wrap_triton
 
@@ -18,6 +21,18 @@ from . import configs
 def launcher(kernel):
     """``kernel`` ready for ``[grid](...)``: wrapped for torch.compile, as-is when interpreted."""
     return kernel if configs.interpreting() else wrap_triton(kernel)
+
+
+def on_device_of(t: Tensor):
+    """A context that makes ``t``'s CUDA device the current one: Triton compiles for and launches
+    on the current device, so tensors on cuda:1 with cuda:0 current would otherwise give an
+    illegal address (or, with peer access, a silent race). A no-op where they already agree and
+    off CUDA."""
+    device = t.device
+    if device.type == "cuda" and device.index is not None and (
+            device.index != torch.cuda.current_device()):
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def is_tracing(t: Tensor) -> bool:
