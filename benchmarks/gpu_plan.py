@@ -1,12 +1,13 @@
 """The GPU session's plan, sized from counted work, and a parallel warm-up of Triton's cache.
 
-GPU time is scarce (about 30 minutes a session, at most 10 per command, on a bare machine), and
-the Triton steps are dominated by compiling: each distinct kernel specialization is one compile
+GPU time is scarce (15 minutes of device time a session in all, the machine's start, idle time and
+every try counted; at most 10 minutes a command; a bare machine without network), and the
+Triton steps are dominated by compiling: each distinct kernel specialization is one compile
 of 0.4-2.5 s. This script counts, on any machine (no GPU needed), the distinct compiles each
 Triton step will need, with Triton's own binder (``resnet_fused.triton.aot``): the launches an op
 call would make are recorded on CPU tensors and bound for sm_90 exactly as the JIT would.
 
-    python3 benchmarks/gpu_plan.py show [--call validation|performance] [--dry-run]
+    python3 benchmarks/gpu_plan.py show [--call first|validation|performance] [--dry-run]
     python3 benchmarks/gpu_plan.py env --call validation [--dry-run]   # lines for gpu_session.sh
     python3 benchmarks/gpu_plan.py warm STEP... [--jobs N] [--max N]    # into Triton's cache
 
@@ -63,6 +64,20 @@ _SETUP = (
 # Each call's steps in order, with their time limits (seconds). A call's budget is what one
 # device command may run (600 s) less a margin for the transfers back.
 CALLS: dict[str, tuple[Step, ...]] = {
+    # A session's one call (15 minutes of device time in all, the machine's start included):
+    # ordered by value, so a cut call has returned what matters most. What it does not reach, a
+    # later session's `validation` / `performance` calls take up.
+    "first": (
+        *_SETUP,
+        Step("warm-triton", 150, "AOT-compile the Triton steps' kernels in parallel (background)"),
+        Step("tests-cuda", 110, "pytest GPU tier: CUDA backend, models, fuse (not the slow ones)"),
+        Step("sweep-cuda", 40, "randomized conv_bn_act sweep, cuda backend, 200 cases"),
+        Step("sanitizer", 60, "compute-sanitizer memcheck + racecheck over every CUDA path"),
+        Step("tests-triton", 90, "pytest GPU tier: Triton backend (warm cache; not the slow ones)"),
+        Step("sweep-triton", 40, "randomized sweep, triton backend, 200 cases at most"),
+        Step("bench-model", 120, "ResNet-50 bf16 batch 256 then 1 side by side: eager, "
+             "cudnn-fused, fused-cuda/-triton/-auto (CUDA graphs at batch 1)"),
+    ),
     "validation": (
         *_SETUP,
         Step("warm-triton", 150, "AOT-compile the Triton steps' kernels in parallel (background)"),
@@ -89,8 +104,17 @@ CALLS: dict[str, tuple[Step, ...]] = {
              "GPU JPEG decode"),
     ),
 }
-CALL_BUDGET_S = 570
-SWEEP_CUDA_CASES = 500
+# Seconds each call's steps may take: what one device command may run (600 s) less a margin for
+# the transfers back; the first call less still, so that the machine's start (a minute or two),
+# the call and a give-back fit the session's 15 minutes with room for a short second call.
+CALL_BUDGET_S = {"first": 500, "validation": 570, "performance": 570, "pipeline": 570}
+SWEEP_CUDA_CASES = {"first": 200, "validation": 500}
+# The most sweep-triton cases a call runs (its step limit, not the warm step's compile budget,
+# is what binds in the first call).
+SWEEP_TRITON_MAX_CASES = {"first": 200}
+# Calls whose warm-triton step runs in the background (beside the CUDA steps, which need the GPU
+# but not the CPUs).
+BACKGROUND_WARM = ("first", "validation")
 BENCH_MODELS = (("resnet50", 256, "bfloat16"), ("resnet50", 1, "bfloat16"))
 
 
@@ -316,7 +340,7 @@ def warm(bindings: set, jobs: int) -> int:
 def plan_env(call: str, dry_run: bool) -> dict[str, str]:
     """What gpu_session.sh needs: the steps in order, each limit, the sweep sizes."""
     steps = CALLS[call]
-    env = {"STEPS": " ".join(s.name for s in steps), "BUDGET_S": str(CALL_BUDGET_S)}
+    env = {"STEPS": " ".join(s.name for s in steps), "BUDGET_S": str(CALL_BUDGET_S[call])}
     for s in steps:
         env[f"T_{s.name.upper().replace('-', '_')}"] = str(s.limit_s)
     if dry_run:
@@ -324,16 +348,17 @@ def plan_env(call: str, dry_run: bool) -> dict[str, str]:
     else:
         warm_limit = next((s.limit_s for s in steps if s.name == "warm-triton"), 120)
         n, _ = sweep_triton_cases(warm_limit, GPU_MACHINE_JOBS)
-        env.update(SWEEP_CUDA_CASES=str(SWEEP_CUDA_CASES), SWEEP_TRITON_CASES=str(n))
+        n = min(n, SWEEP_TRITON_MAX_CASES.get(call, n))
+        env.update(SWEEP_CUDA_CASES=str(SWEEP_CUDA_CASES.get(call, 500)),
+                   SWEEP_TRITON_CASES=str(n))
     return env
 
 
 def show(call: str | None, dry_run: bool) -> None:
     calls = [call] if call else list(CALLS)
-    print(f"GPU plan (device budget: 30 min a session, 10 min a command; each call's steps "
-          f"within {CALL_BUDGET_S} s; Triton compiles counted with Triton's binder for "
-          f"sm_{ARCH}, planned at {SECONDS_PER_COMPILE} s each over {GPU_MACHINE_JOBS} "
-          "processes)")
+    print(f"GPU plan (device budget: 15 min a session in all, 10 min a command; call 'first' "
+          f"is the one to run; Triton compiles counted with Triton's binder for sm_{ARCH}, "
+          f"planned at {SECONDS_PER_COMPILE} s each over {GPU_MACHINE_JOBS} processes)")
     warm_limit = next(s.limit_s for s in CALLS["validation"] if s.name == "warm-triton")
     n_sweep, counts = sweep_triton_cases(warm_limit, GPU_MACHINE_JOBS)
     tests = len(tests_triton_bindings())
@@ -344,7 +369,7 @@ def show(call: str | None, dry_run: bool) -> None:
             f"{bench}")
     for name in calls:
         env = plan_env(name, dry_run)
-        background = {"warm-triton"} if name == "validation" else set()
+        background = {"warm-triton"} if name in BACKGROUND_WARM else set()
         total = sum(s.limit_s for s in CALLS[name] if s.name not in {"build", *background})
         print(f"\ncall '{name}': steps within {env['BUDGET_S']} s (sum of the foreground limits "
               f"without build: {total} s"
@@ -352,7 +377,7 @@ def show(call: str | None, dry_run: bool) -> None:
                  else ")"))
         for s in CALLS[name]:
             print(f"  {s.name:<14} {s.limit_s:>4} s  {s.what}")
-        if name == "validation":
+        if name in BACKGROUND_WARM:
             print(f"  sizes: sweep-cuda {env['SWEEP_CUDA_CASES']} cases, sweep-triton "
                   f"{env['SWEEP_TRITON_CASES']} cases (>= {SWEEP_TRITON_MIN_CASES}; {n_sweep} "
                   "fit the warm step's compile budget)")

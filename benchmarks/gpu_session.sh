@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One call of a GPU session, on a fresh machine with no network (run from anywhere; it cds to the
-# repo root). A session is a few calls, each one command of at most 10 minutes:
+# repo root). A session has 15 minutes of device time in all (the machine's start, idle time and
+# every try counted) and at most 10 minutes a command: `first` is the call to make, ordered by
+# value (tests, sweeps, sanitizer, then the ResNet-50 side by side) within ~8 minutes; the others
+# take up, in later sessions, what it does not reach.
 #
+#   benchmarks/gpu_session.sh first           # the session's call: validation, then bench-model
 #   benchmarks/gpu_session.sh validation      # tests (CUDA, Triton), sweeps, compute-sanitizer
 #   benchmarks/gpu_session.sh performance     # benchmarks, per-layer roofline, torch.compile, report
 #   benchmarks/gpu_session.sh pipeline        # the predict/extract job end to end vs model alone
-#   benchmarks/gpu_session.sh validation --cpu-dry-run   # the same plan on a CPU, tiny sizes
+#   benchmarks/gpu_session.sh first --cpu-dry-run        # the same plan on a CPU, tiny sizes
 #
 # The plan (each call's steps, their order and time limits, the sweep sizes) comes from
 # benchmarks/gpu_plan.py, which sizes it from counted work (Triton compiles counted with Triton's
@@ -28,10 +32,10 @@ cd "$(dirname "$0")/.." || exit 1
 CALL=${1:-}
 DRY=0
 [[ "${2:-}" == "--cpu-dry-run" || "${1:-}" == "--cpu-dry-run" ]] && DRY=1
-[[ "$CALL" == "--cpu-dry-run" ]] && CALL=${2:-validation}
+[[ "$CALL" == "--cpu-dry-run" ]] && CALL=${2:-first}
 case "$CALL" in
-  validation|performance|pipeline) ;;
-  *) echo "usage: benchmarks/gpu_session.sh validation|performance|pipeline [--cpu-dry-run]" >&2
+  first|validation|performance|pipeline) ;;
+  *) echo "usage: benchmarks/gpu_session.sh first|validation|performance|pipeline [--cpu-dry-run]" >&2
      exit 2 ;;
 esac
 PY=${PYTHON:-python3}
@@ -224,8 +228,8 @@ step build build
 WARM_PID=""
 if [[ " $STEPS " == *" warm-triton "* ]]; then
   warm_steps=(bench)
-  [[ $CALL == validation ]] && warm_steps=(tests-triton sweep-triton)
-  if [[ $CALL == validation ]]; then
+  [[ $CALL == validation || $CALL == first ]] && warm_steps=(tests-triton sweep-triton)
+  if [[ $CALL == validation || $CALL == first ]]; then
     # In the background: it needs the CPUs, the CUDA steps need the GPU.
     (STEPS=warm-triton LOG=$WARM_LOG; : > "$LOG"
      limit=$T_WARM_TRITON
@@ -238,7 +242,11 @@ if [[ " $STEPS " == *" warm-triton "* ]]; then
     step warm-triton "$PY" benchmarks/gpu_plan.py warm "${warm_steps[@]}" "${WARM_ARGS[@]}"
   fi
 fi
-step tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m "gpu and not triton" tests
+# Not the slow tests (batch-256 models, compile modes, the int64 tensors): they take minutes of
+# a 15-minute session; the `validation` call's SLOW=1 runs them.
+MARK_SLOW="and not slow"
+[[ ${SLOW:-0} == 1 ]] && MARK_SLOW=""
+step tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m "gpu and not triton $MARK_SLOW" tests
 step sweep-cuda "$PY" -m resnet_fused sweep "${SWEEP_CUDA[@]}" --cases "$SWEEP_CUDA_CASES" \
   --json "$OUT/sweep-cuda.jsonl"
 step sanitizer sanitizer
@@ -247,7 +255,7 @@ if [[ -n $WARM_PID ]]; then
   cat "$WARM_LOG" >> "$LOG"
   SUMMARY+=("warm-triton: $(tail -n 1 "$WARM_LOG")")
 fi
-step tests-triton "$PY" -m pytest -q -p no:cacheprovider -m "gpu and triton" tests
+step tests-triton "$PY" -m pytest -q -p no:cacheprovider -m "gpu and triton $MARK_SLOW" tests
 step sweep-triton env RESNET_FUSED_TRITON_AUTOTUNE=0 TRITON_INTERPRET=$TRITON_INTERPRET_FOR_SWEEP \
   "$PY" -m resnet_fused sweep "${SWEEP_TRITON[@]}" --cases "$SWEEP_TRITON_CASES" \
   --json "$OUT/sweep-triton.jsonl"

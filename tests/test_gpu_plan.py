@@ -28,6 +28,7 @@ for name, steps in plan.CALLS.items():
     env = plan.plan_env(name, dry_run=True)
     out["calls"][name] = {"steps": [[s.name, s.limit_s] for s in steps], "env": env}
 out["budget"] = plan.CALL_BUDGET_S
+out["background"] = list(plan.BACKGROUND_WARM)
 out["sweep20"] = len(plan.sweep_bindings(20))
 out["sweep60"] = len(plan.sweep_bindings(60))
 out["sweep_nested"] = plan.sweep_bindings(60) >= plan.sweep_bindings(20)
@@ -54,11 +55,13 @@ def counted():
 
 
 def test_each_call_fits_its_budget(counted):
-    assert counted["budget"] <= 600 - 20  # a device command may run 10 minutes
     for name, call in counted["calls"].items():
-        background = {"warm-triton"} if name == "validation" else set()
+        budget = counted["budget"][name]
+        assert budget <= 600 - 20  # a device command may run 10 minutes
+        background = {"warm-triton"} if name in counted["background"] else set()
         foreground = sum(t for s, t in call["steps"] if s not in {"build", *background})
-        assert foreground <= counted["budget"], (name, foreground)
+        assert foreground <= budget, (name, foreground)
+        assert call["env"]["BUDGET_S"] == str(budget)
         assert call["env"]["STEPS"].split() == [s for s, _ in call["steps"]]
         for step, limit in call["steps"]:
             assert call["env"][f"T_{step.upper().replace('-', '_')}"] == str(limit)
@@ -74,3 +77,16 @@ def test_autotuning_compiles_every_candidate(counted):
     assert counted["off"] == 1
     assert counted["on"] == counted["candidates"] > 1
     assert counted["archs"] == [90]
+
+
+def test_the_first_call_fits_a_15_minute_session(counted):
+    """A session has 15 minutes of device time in all: the machine's start (a minute or two), the
+    call, and room to rerun a short one. The first call is ordered by value: the checks, then
+    the whole-model side by side."""
+    first = counted["calls"]["first"]
+    assert counted["budget"]["first"] <= 9 * 60
+    steps = [s for s, _ in first["steps"]]
+    assert steps[:2] == ["info", "build"]
+    assert steps.index("tests-cuda") < steps.index("bench-model")
+    assert steps.index("sanitizer") < steps.index("bench-model")
+    assert steps[-1] == "bench-model"
