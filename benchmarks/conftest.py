@@ -72,6 +72,10 @@ def pytest_addoption(parser):
                          "float32 on CPU)")
     group.addoption("--bench-variants", default=None,
                     help="comma-separated whole-model variants to keep (default: all)")
+    group.addoption("--bench-peers", default="auto", choices=("auto", "yes", "no"),
+                    help="the CPU peers ONNX Runtime and OpenVINO in the side-by-side runs: auto "
+                         "= where installed (pip install \"resnet_fused[peers]\"); yes = fail "
+                         "if they are not")
     group.addoption("--bench-compile", default="auto", choices=("auto", "yes", "no"),
                     help="the torch.compile baseline: auto = on GPU, off on CPU")
     group.addoption("--bench-layer-batches", default=None,
@@ -116,6 +120,7 @@ class BenchConfig:
     warmup: int
     compile: bool
     enabled: bool  # False under --benchmark-disable
+    peers: tuple[str, ...] = ()  # CPU peers in the side-by-side runs
 
     @property
     def gpu(self) -> bool:
@@ -144,7 +149,21 @@ def _bench_config(config) -> BenchConfig:
         else (5 if gpu else 1),
         compile=flag == "yes" or (flag == "auto" and gpu),
         enabled=not config.getoption("--benchmark-disable", default=False),
+        peers=_peers(config.getoption("--bench-peers"), gpu),
     )
+
+
+def _peers(flag: str, gpu: bool) -> tuple[str, ...]:
+    from resnet_fused.bench.peers import PEERS, peer_status
+
+    if flag == "no" or gpu:
+        return ()
+    if flag == "yes":
+        missing = {p: peer_status(p) for p in PEERS if peer_status(p) != "available"}
+        if missing:
+            raise pytest.UsageError(f"--bench-peers yes: {missing}")
+        return PEERS
+    return tuple(p for p in PEERS if peer_status(p) == "available")
 
 
 @pytest.fixture(scope="session")

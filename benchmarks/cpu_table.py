@@ -20,8 +20,10 @@ import os
 import statistics
 import sys
 
-VARIANTS = ("reference", "fused-cpu", "compile")
-LABELS = {"reference": "eager", "fused-cpu": "fuse()", "compile": "torch.compile"}
+VARIANTS = ("reference", "compile", "onnxruntime", "openvino", "fused-cpu")
+LABELS = {"reference": "eager", "fused-cpu": "fuse()", "compile": "torch.compile",
+          "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+BASELINES = ("reference", "compile", "onnxruntime", "openvino")
 
 
 def load(paths: list[str]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -94,6 +96,11 @@ def ratio_stats(num: list[float], den: list[float]) -> tuple[float, float, float
     return statistics.median(r), q[0], q[2]
 
 
+def _timed(v: dict) -> dict:
+    """The variants of one row that were timed (a peer may be listed as skipped)."""
+    return {name: t for name, t in v.items() if t.get("times_s")}
+
+
 def _ips(v: dict, name: str, batch: int) -> str:
     if name not in v:
         return "–"
@@ -108,21 +115,34 @@ def _speedup(v: dict, base: str) -> str:
     return f"**{med:.2f}x** ({q1:.2f}–{q3:.2f})"
 
 
+def _fastest_baseline(v: dict) -> str | None:
+    present = [b for b in BASELINES if b in v]
+    return min(present, key=lambda b: v[b]["median_s"]) if present else None
+
+
 def markdown(rows: list[dict], machines: list[dict]) -> str:
-    out = ["| model | batch | dtype | threads | eager img/s | fuse() img/s | torch.compile img/s "
-           "| fuse() / compile | fuse() / eager | rounds | CPU busy |",
-           "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    shown = [n for n in VARIANTS if any(n in _timed(r["v"]) for r in rows)]
+    out = ["| model | batch | dtype | threads | "
+           + " | ".join(f"{LABELS[n]} img/s" for n in shown)
+           + " | fuse() / fastest other | fuse() / eager | rounds | CPU busy |",
+           "|---|--:|---|--:|" + "--:|" * len(shown) + "---|--:|--:|--:|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["dtype"], -r["threads"])):
-        v, batch = r["v"], r["batch"]
+        v, batch = _timed(r["v"]), r["batch"]
         busy = f"{r['cpu_busy']:.2f}" if r.get("cpu_busy") is not None else "–"
+        fastest = _fastest_baseline(v)
+        vs_fastest = (f"{_speedup(v, fastest)} vs {LABELS[fastest]}" if fastest else "–")
+        rounds = v["fused-cpu"]["rounds"] if "fused-cpu" in v else "–"
         out.append(f"| {r['model']} | {batch} | {r['dtype']} | {r['threads']} | "
-                   f"{_ips(v, 'reference', batch)} | {_ips(v, 'fused-cpu', batch)} | "
-                   f"{_ips(v, 'compile', batch)} | {_speedup(v, 'compile')} | "
-                   f"{_speedup(v, 'reference')} | {v['fused-cpu']['rounds']} | {busy} |")
+                   + " | ".join(_ips(v, n, batch) for n in shown)
+                   + f" | {vs_fastest} | {_speedup(v, 'reference')} | {rounds} | {busy} |")
     out += ["", "images/s: median of the rounds [slowest round – fastest round]. Speedups: median "
             "of the per-round ratios of the two variants' times (interquartile range in "
-            "parentheses). CPU busy: share of the process's threads that ran during the timed "
-            "rounds (1.0 = the cores were ours).", ""]
+            "parentheses), > 1 when fuse() is faster; `fastest other`: the baseline with the "
+            "smallest median time in that row. CPU busy: share of the process's threads that "
+            "ran during the timed rounds (1.0 = the cores were ours).", ""]
+    skipped = sorted({f"{LABELS.get(n, n)}: {t['skipped']}" for r in rows
+                      for n, t in r["v"].items() if "skipped" in t})
+    out += [f"- not run: {line}" for line in skipped]
     for m in machines:
         out.append(f"- `{m['file']}`: CPU {m['cpu']}, {m['threads']} threads, torch {m['torch']}, "
                    f"{m['date']}; `{m['command']}`")
@@ -138,15 +158,16 @@ def plot(rows: list[dict], path: str) -> bool:
     except ImportError:
         return False
     rows = sorted(rows, key=lambda r: (r["batch"], r["dtype"], r["threads"]))
+    shown = [n for n in VARIANTS if any(n in _timed(r["v"]) for r in rows)]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
-    width = 0.8 / len(VARIANTS)
-    for i, name in enumerate(VARIANTS):
+    width = 0.8 / len(shown)
+    for i, name in enumerate(shown):
         xs, med, lo, hi = [], [], [], []
         for j, r in enumerate(rows):
-            if name in r["v"]:
+            if name in _timed(r["v"]):
                 t = r["v"][name]
                 m = r["batch"] / t["median_s"]
-                xs.append(j + (i - 1) * width)
+                xs.append(j + (i - (len(shown) - 1) / 2) * width)
                 med.append(m)
                 lo.append(m - r["batch"] / t["max_s"])
                 hi.append(r["batch"] / t["min_s"] - m)

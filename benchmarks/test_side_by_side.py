@@ -2,8 +2,9 @@
 
 ``test_model_throughput`` times each variant in its own block of rounds, so a burst of other
 work on a shared machine lands on whichever variant runs then. Here each case builds all CPU
-variants (eager ``reference``, ``fused-cpu`` = ``fuse(model)``, and with ``--bench-compile yes``
-``compile`` = ``torch.compile`` with freezing), checks each against the higher-precision
+variants (eager ``reference``, ``fused-cpu`` = ``fuse(model)``, with ``--bench-compile yes``
+``compile`` = ``torch.compile`` with freezing, and the CPU peers ``onnxruntime`` and ``openvino``
+where installed, ``--bench-peers``), checks each against the higher-precision
 reference, and then times them in rounds of one call each, in an order that rotates every round:
 interference and drift hit every variant alike.
 
@@ -34,7 +35,8 @@ def test_side_by_side(benchmark, bench_config, model_cache, side_by_side):
     if device.type != "cpu":
         pytest.skip("the interleaved whole-model comparison is the CPU suite's (GPU: the CLI)")
     dtype = bench.DTYPES[dtype_name]
-    names = ["reference", "fused-cpu"] + (["compile"] if bench_config.compile else [])
+    names = (["reference", "fused-cpu"] + (["compile"] if bench_config.compile else [])
+             + list(bench_config.peers))
     model = model_cache.model(model_name)
     x = bench.make_input(batch, dtype, device)
     ref = model_cache.reference(model_name, x)
@@ -45,7 +47,13 @@ def test_side_by_side(benchmark, bench_config, model_cache, side_by_side):
     variants, info = [], {}
     try:
         for name in names:
-            variant = bench.build_variant(name, model, x)
+            try:
+                variant = bench.build_variant(name, model, x)
+            except bench.Unavailable as e:
+                if name not in bench_config.peers:
+                    raise
+                info[name] = {"skipped": str(e)}  # e.g. ONNX Runtime has no bf16 convolutions
+                continue
             err = bench.check_output(name, variant.fn(), ref, dtype, device)
             info[name] = {"rel_error": err, "setup_s": variant.setup_s, "note": variant.note}
             variants.append(variant)

@@ -7,6 +7,8 @@ import importlib.util
 import json
 import math
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -351,3 +353,89 @@ def test_ab_revisions_script(tmp_path, capsys, monkeypatch):
             assert row[side]["rel_error"] <= 1e-4
     with pytest.raises(SystemExit):
         module.main(["--a", str(tmp_path), "--b", str(REPO)])  # not a checkout: refused
+
+
+# --- the CPU peers (ONNX Runtime, OpenVINO) and the side-by-side table ---------------------------
+
+
+_PEER_CHILD = r"""
+import json, sys
+import torch
+from resnet_fused import bench
+peer = sys.argv[1]
+model = bench.make_model("resnet18")
+out = {}
+for dtype in (torch.float32, torch.bfloat16):
+    x = bench.make_input(2, dtype, "cpu", size=64)
+    try:
+        variant = bench.build_variant(peer, model, x)
+    except bench.Unavailable as e:
+        out[str(dtype)] = {"unavailable": str(e)}
+        continue
+    y = variant.fn()
+    err = bench.check_output(peer, y, bench.reference_output(model, x), dtype, "cpu")
+    out[str(dtype)] = {"dtype": str(y.dtype), "shape": list(y.shape), "err": err,
+                       "note": variant.note}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("peer", ["onnxruntime", "openvino"])
+def test_peer_variants_match_the_reference(peer):
+    """The peers run the same model and weights (exported to ONNX) and pass the same check as
+    every other variant before they are timed. In a child process: OpenVINO's and ONNX Runtime's
+    thread pools do not survive the fork of a DataLoader worker later in this process."""
+    from resnet_fused.bench import peers
+
+    why = peers.peer_status(peer)
+    if why != "available":
+        pytest.skip(f"{peer}: {why}")
+    done = subprocess.run([sys.executable, "-c", _PEER_CHILD, peer], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    fp32 = out["torch.float32"]
+    assert fp32["dtype"] == "torch.float32" and fp32["shape"] == [2, 1000]
+    assert fp32["err"] <= tolerance(torch.float32, "model") and peer in fp32["note"]
+    bf16 = out["torch.bfloat16"]
+    if peer == "onnxruntime":
+        assert "no bfloat16 convolutions" in bf16["unavailable"]
+    else:
+        assert bf16["err"] <= tolerance(torch.bfloat16, "model")
+
+
+def test_peer_status_names_the_install(monkeypatch):
+    from resnet_fused.bench import peers
+
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
+    assert "pip install" in peers.peer_status("openvino")
+    with pytest.raises(peers.PeerUnavailable, match="not installed"):
+        peers.build_peer("onnxruntime", bench.make_model("resnet18"),
+                         bench.make_input(1, torch.float32, "cpu", size=32))
+
+
+def test_cpu_table_with_peers(tmp_path, monkeypatch):
+    """benchmarks/cpu_table.py: a column per variant present, fuse() against the fastest other."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("cpu_table", REPO / "benchmarks/cpu_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def timed(ms):
+        t = [ms / 1e3 * f for f in (1.0, 1.1, 0.9)]
+        return {"times_s": t, "median_s": sorted(t)[1], "min_s": min(t), "max_s": max(t),
+                "rounds": 3}
+
+    info = {"reference": timed(30), "fused-cpu": timed(10), "compile": timed(15),
+            "openvino": timed(12), "onnxruntime": {"skipped": "no bfloat16 convolutions"}}
+    run = {"machine_info": {"cpu_model": "Test CPU", "torch_threads": 2, "torch": "x",
+                            "date": "d"},
+           "benchmarks": [{"extra_info": {"side_by_side": info, "model": "resnet50", "batch": 8,
+                                          "dtype": "bfloat16", "threads": 2}}]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert module.main([str(path), "-o", str(tmp_path), "--stem", "t"]) == 0
+    md = (tmp_path / "t.md").read_text()
+    assert "OpenVINO img/s" in md and "ONNX Runtime img/s" not in md
+    assert "**1.20x** (1.20–1.20) vs OpenVINO" in md  # the fastest other baseline
+    assert "not run: ONNX Runtime: no bfloat16 convolutions" in md

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from ..progress import progress
 from ..testing import relative_error
 from .layers import conv_layers, layer_reference, layer_variant, make_layer_inputs
+from .peers import PEERS
 from .roofline import measure_peaks, model_floor, roofline_rows
 from .timing import Timing, time_fn
 from .variants import Unavailable, build_variant, default_variants, normalize_variant
@@ -40,9 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", "--variants", dest="variants", nargs="+", default=None,
                         metavar="VARIANT",
                         help="variants to measure: reference, cudnn-fused, compile, "
-                             "fused-<backend> (or just the backend: cpu, cuda, triton, auto), "
-                             "optionally '+graph' (default: reference + fused on CPU; all "
-                             "baselines and fused backends on GPU, CUDA graphs at batch 1)")
+                             "onnxruntime, openvino (CPU peers: pip install "
+                             "\"resnet_fused[peers]\"), fused-<backend> (or just the backend: "
+                             "cpu, cuda, triton, auto), optionally '+graph' (default: reference "
+                             "+ fused on CPU; all baselines and fused backends on GPU, CUDA "
+                             "graphs at batch 1)")
     parser.add_argument("--compile", action="store_true",
                         help="add the torch.compile baseline with freezing (GPU: mode "
                              "max-autotune; CPU: the default mode; minutes on a small CPU)")
@@ -99,6 +103,8 @@ def machine_summary(device: torch.device) -> str:
                 f"{torch.backends.cudnn.version()}")
     else:
         what = f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
+        if hasattr(os, "getloadavg"):  # a busy shared machine shows here
+            what += ", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     return f"{what}; torch {torch.__version__}, triton {triton_version()}"
 
 
@@ -201,7 +207,7 @@ def speedup(row: dict, base: dict) -> tuple[float, float, float] | None:
     return _quartiles([tb / ta for ta, tb in zip(a[:n], b[:n], strict=True)])
 
 
-BASELINES = ("reference", "cudnn-fused", "compile")
+BASELINES = ("reference", "cudnn-fused", "compile", *PEERS)
 
 
 def verdict_lines(results: list[dict], dtype: torch.dtype, device: torch.device) -> list[str]:

@@ -9,6 +9,8 @@
                     compile time is reported separately (CPU: only on request)
 ``fused-<backend>`` ``resnet_fused.fuse(model, backend=...)`` for each available backend
 ``<variant>+graph`` the same, replayed from a CUDA graph (GPU; the default for batch 1)
+``onnxruntime``     CPU: ONNX Runtime on the model exported to ONNX (:mod:`.peers`)
+``openvino``        CPU: OpenVINO on the same ONNX model, in float32 or bfloat16 (:mod:`.peers`)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backends import CHOICES, backend_status
+from .peers import PEERS, PeerUnavailable, build_peer
 from .timing import synchronize, time_fn
 from .workload import make_input
 
@@ -153,7 +156,8 @@ def normalize_variant(name: str) -> str:
     if base in FUSED_BACKENDS:
         base = f"fused-{base}"
     name = base + ("+graph" if graph else "")
-    known = ("reference", "cudnn-fused", "compile", *(f"fused-{b}" for b in FUSED_BACKENDS))
+    known = ("reference", "cudnn-fused", "compile", *(f"fused-{b}" for b in FUSED_BACKENDS),
+             *PEERS)
     if base not in known or graph not in ("", "graph"):
         raise ValueError(f"unknown variant {name!r}; expected one of {known} or a backend "
                          f"({', '.join(FUSED_BACKENDS)}), optionally with '+graph'")
@@ -211,6 +215,11 @@ def build_variant(name: str, model: nn.Module, x: Tensor) -> Variant:
             raise Unavailable("cuDNN is not available in this torch build")
         torch.backends.cudnn.benchmark = True
         fn = _no_grad_call(CudnnFusedResNet(model, dtype), x)
+    elif base in PEERS:
+        try:
+            fn, note = build_peer(base, model, x)
+        except PeerUnavailable as e:
+            raise Unavailable(str(e)) from e
     elif base == "compile":
         module = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last)
         try:
