@@ -171,6 +171,15 @@ def bench_config(request) -> BenchConfig:
     return _bench_config(request.config)
 
 
+def _model_cases(config, batches_option: str, default_batches: str) -> list[tuple]:
+    """(model, batch, dtype) cases of the CPU side-by-side tests."""
+    named = config.getoption("--bench-models")
+    models = ["resnet50"] if named == _MODELS_DEFAULT else _split(named, "resnet50")
+    batches = [int(b) for b in _split(config.getoption(batches_option), default_batches)]
+    dtypes = _split(config.getoption("--bench-dtypes"), _cpu_dtypes())
+    return [(m, b, d) for m in models for b in batches for d in dtypes]
+
+
 def pytest_generate_tests(metafunc):
     config = metafunc.config
     device = _device(config)
@@ -200,24 +209,14 @@ def pytest_generate_tests(metafunc):
                             model, batch, dtype, variant, marks=marks,
                             id=f"{model}-bs{batch}-{dtype}-{variant}"))
         metafunc.parametrize("model_name,batch,dtype_name,model_variant", cases)
-    if "side_by_side" in names:
-        # The interleaved comparison (test_side_by_side.py): resnet50 unless models are named.
-        named = config.getoption("--bench-models")
-        models = ["resnet50"] if named == _MODELS_DEFAULT else _split(named, "resnet50")
-        batches = [int(b) for b in _split(config.getoption("--bench-batches"), "1,8")]
-        dtypes = _split(config.getoption("--bench-dtypes"), _cpu_dtypes())
-        cases = [(m, b, d) for m in models for b in batches for d in dtypes]
-        metafunc.parametrize("side_by_side", cases,
-                             ids=[f"{m}-bs{b}-{d}" for m, b, d in cases])
-    if "finetune_step" in names:
-        # The frozen-BN fine-tuning step (test_finetune_step.py): resnet50 unless models are named.
-        named = config.getoption("--bench-models")
-        models = ["resnet50"] if named == _MODELS_DEFAULT else _split(named, "resnet50")
-        batches = [int(b) for b in _split(config.getoption("--bench-finetune-batches"), "8")]
-        dtypes = _split(config.getoption("--bench-dtypes"), _cpu_dtypes())
-        cases = [(m, b, d) for m in models for b in batches for d in dtypes]
-        metafunc.parametrize("finetune_step", cases,
-                             ids=[f"{m}-bs{b}-{d}" for m, b, d in cases])
+    # The interleaved comparison (test_side_by_side.py) and the frozen-BN fine-tuning step
+    # (test_finetune_step.py): resnet50 unless models are named.
+    for fixture, batches_option, default_batches in (
+            ("side_by_side", "--bench-batches", "1,8"),
+            ("finetune_step", "--bench-finetune-batches", "8")):
+        if fixture in names:
+            cases = _model_cases(config, batches_option, default_batches)
+            metafunc.parametrize(fixture, cases, ids=[f"{m}-bs{b}-{d}" for m, b, d in cases])
     if "layer_side_by_side" in names:
         layers = _selected_layers(config)
         batches = [int(b) for b in _split(config.getoption("--bench-layer-batches"), "8")]

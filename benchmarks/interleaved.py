@@ -44,3 +44,12 @@ def run_rounds(benchmark, fns: dict[str, Callable[[], object]], rounds: int, war
     busy = (time.process_time() - cpu0) / ((time.perf_counter() - wall0)
                                            * torch.get_num_threads())
     return times, round(busy, 3)
+
+
+def record(benchmark, info: dict, times: dict[str, list[float]], busy: float, batch: int) -> None:
+    """Each variant's rounds and their statistics into ``info``, and ``info`` and the CPU's
+    busy share into the benchmark's ``extra_info``."""
+    benchmark.extra_info["cpu_busy"] = busy
+    for name, t in times.items():
+        info[name].update(spread(t), times_s=t, images_per_s=batch / statistics.median(t))
+    benchmark.extra_info["side_by_side"] = info

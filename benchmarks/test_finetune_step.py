@@ -20,13 +20,12 @@ rotated each round; every round's time per variant is in ``extra_info["side_by_s
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
-from interleaved import run_rounds, spread
+from interleaved import record, run_rounds
 from torch import nn
 
 from resnet_fused import bench, fuse
@@ -110,10 +109,7 @@ def test_finetune_step(benchmark, bench_config, model_cache, finetune_step):
             steps[name] = step
         rounds = bench_config.rounds if bench_config.enabled else 1
         times, busy = run_rounds(benchmark, steps, rounds, bench_config.warmup, device)
-        benchmark.extra_info["cpu_busy"] = busy
-        for name, t in times.items():
-            info[name].update(spread(t), times_s=t, images_per_s=batch / statistics.median(t))
-        benchmark.extra_info["side_by_side"] = info
+        record(benchmark, info, times, busy, batch)
     finally:
         steps.clear()
         if "compile" in names:

@@ -20,11 +20,9 @@ interleaved round (all variants), recorded for completeness.
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 import torch
-from interleaved import run_rounds, spread
+from interleaved import record, run_rounds, spread
 
 from resnet_fused import bench
 
@@ -60,10 +58,7 @@ def test_side_by_side(benchmark, bench_config, model_cache, side_by_side):
         rounds = bench_config.rounds if bench_config.enabled else 1
         times, busy = run_rounds(benchmark, {v.name: v.fn for v in variants}, rounds,
                                  bench_config.warmup, device)
-        benchmark.extra_info["cpu_busy"] = busy
-        for name, t in times.items():
-            info[name].update(spread(t), times_s=t, images_per_s=batch / statistics.median(t))
-        benchmark.extra_info["side_by_side"] = info
+        record(benchmark, info, times, busy, batch)
     finally:
         variants.clear()
         if "compile" in names:

@@ -12,13 +12,15 @@ from . import ops, testing
 from .backends import available_backends, backend_status
 from .folding import fold_batchnorm
 from .fused import FusedResNet, fuse
-from .models import ResNet, load_weights, resnet18, resnet34, resnet50, resnet101, resnet152
+from .models import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .weights import WeightsError, load_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FusedResNet",
     "ResNet",
+    "WeightsError",
     "available_backends",
     "backend_status",
     "fold_batchnorm",

@@ -18,6 +18,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from .weights import ARCHES, load_weights
+
 __all__ = [
     "BasicBlock",
     "Bottleneck",
@@ -136,63 +138,28 @@ class ResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def _read_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights: no such file {path!r}")
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:  # pragma: no cover - depends on the install
-            raise ImportError("weights: .safetensors files need `pip install safetensors`") from e
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    # Training checkpoints often wrap the weights; accept the two common wrappings.
-    for key in ("state_dict", "model"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-    return state
-
-
-def load_weights(model: nn.Module, weights: WeightsArg) -> nn.Module:
-    """Loads ``weights`` (a .pth/.pt/.safetensors path, or a state dict) strictly into ``model``."""
-    if weights is None:
-        return model
-    if isinstance(weights, (str, os.PathLike)):
-        state = _read_state_dict(weights)
-    elif isinstance(weights, Mapping):
-        state = weights
-    else:
-        raise TypeError(
-            "weights must be None, a path to a .pth/.pt/.safetensors file, or a state dict; "
-            f"got {type(weights).__name__}"
-        )
-    # DataParallel / DDP checkpoints prefix every key with "module.".
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def _resnet(block, layers: list[int], num_classes: int, weights: WeightsArg) -> ResNet:
-    return load_weights(ResNet(block, layers, num_classes=num_classes), weights)
+def _resnet(arch: str, num_classes: int, weights: WeightsArg) -> ResNet:
+    block, layers = ARCHES[arch]
+    model = ResNet({"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}[block], layers,
+                   num_classes=num_classes)
+    return load_weights(model, weights, arch=arch)
 
 
 def resnet18(num_classes: int = 1000, weights: WeightsArg = None) -> ResNet:
-    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, weights)
+    return _resnet("resnet18", num_classes, weights)
 
 
 def resnet34(num_classes: int = 1000, weights: WeightsArg = None) -> ResNet:
-    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, weights)
+    return _resnet("resnet34", num_classes, weights)
 
 
 def resnet50(num_classes: int = 1000, weights: WeightsArg = None) -> ResNet:
-    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, weights)
+    return _resnet("resnet50", num_classes, weights)
 
 
 def resnet101(num_classes: int = 1000, weights: WeightsArg = None) -> ResNet:
-    return _resnet(Bottleneck, [3, 4, 23, 3], num_classes, weights)
+    return _resnet("resnet101", num_classes, weights)
 
 
 def resnet152(num_classes: int = 1000, weights: WeightsArg = None) -> ResNet:
-    return _resnet(Bottleneck, [3, 8, 36, 3], num_classes, weights)
+    return _resnet("resnet152", num_classes, weights)

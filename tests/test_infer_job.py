@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def other_checkpoints(tmp_path_factory):
     ("missing folder", SourceError, r"no such file or folder"),
     ("glob matches nothing", SourceError, r"matches no file"),
     ("missing checkpoint", CheckpointError, r"no such checkpoint file"),
-    ("corrupt checkpoint", CheckpointError, r"cannot read checkpoint"),
+    ("corrupt checkpoint", CheckpointError, r"is not a PyTorch checkpoint"),
     ("other depth", CheckpointError, r"the checkpoint is resnet34 with 10 classes, not a "
                                      r"resnet18 \(pass --model resnet34\)"),
     ("other block type", CheckpointError, r"the checkpoint is resnet50 with 1000 classes, not a "
@@ -222,6 +223,23 @@ def test_cli_exit_status_and_summary(data, tmp_path, capsys):
     assert "error: weights: the checkpoint is resnet18" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_a_backend_this_machine_lacks_is_refused_before_any_work(backend, data, tmp_path, capsys,
+                                                                 monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the backend may run")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # as a user's shell has it
+    out = tmp_path / "p.csv"
+    status = main(["predict", str(data["root"] / "photos"), "--weights", data["ckpt"],
+                   "--model", "resnet18", "--out", str(out), "--backend", backend,
+                   "--no-progress"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: backend {backend}: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "p.csv.parts").exists()
+
+
 # -- rerun, overwrite, resume ---------------------------------------------------------------------
 
 def test_finished_job_is_not_redone_and_overwrite_redoes_it(data, tmp_path):
@@ -278,36 +296,46 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "resnet_fused", *args]
 
 
+class StoppedJob:
+    """A 14-image predict job started as a command, stopped by ``sig`` once two batches are
+    written; ``rerun()`` runs the same command again, ``whole`` is the uninterrupted output."""
+
+    def __init__(self, data, tmp_path, sig: int) -> None:
+        self.photos = good_corpus(str(tmp_path / "photos"), count=14)
+        self.args = ["predict", str(tmp_path / "photos"), "--weights", data["ckpt"], "--model",
+                     "resnet18", "--batch-size", "2", "--workers", "1", "--no-progress",
+                     "--device", "cpu"]
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        self.whole = tmp_path / "whole.csv"
+        predict([str(tmp_path / "photos")], data["ckpt"], self.whole, model="resnet18",
+                batch_size=2, workers=1, progress=False, device="cpu")
+        self.out = tmp_path / "stopped.csv"
+        self.proc = subprocess.Popen(_cli(*self.args, "--out", str(self.out)), env=self.env,
+                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.index = tmp_path / "stopped.csv.parts" / "rank0.index.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if self.index.exists() and self.index.read_bytes().count(b"\n") >= 4:  # 2 batches
+                break
+            time.sleep(0.01)
+        self.proc.send_signal(sig)
+        self.stdout, self.stderr = self.proc.communicate(timeout=120)
+
+    def rerun(self) -> subprocess.CompletedProcess:
+        return subprocess.run(_cli(*self.args, "--out", str(self.out)), env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+
+
 def test_killed_job_rerun_gives_the_uninterrupted_output(data, tmp_path):
-    photos = good_corpus(str(tmp_path / "photos"), count=14)
-    common = ["--weights", data["ckpt"], "--model", "resnet18", "--batch-size", "2",
-              "--workers", "1", "--no-progress", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    whole = tmp_path / "whole.csv"
-    predict([str(tmp_path / "photos")], data["ckpt"], whole, model="resnet18", batch_size=2,
-            workers=1, progress=False, device="cpu")
-
-    out = tmp_path / "killed.csv"
-    proc = subprocess.Popen(_cli("predict", str(tmp_path / "photos"), "--out", str(out),
-                                 *common), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    index = tmp_path / "killed.csv.parts" / "rank0.index.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if index.exists() and index.read_bytes().count(b"\n") >= 4:  # two batches written
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
-    kept = index.read_bytes().count(b"\n")
-    assert 4 <= kept < len(photos) and not out.exists()
-
-    rerun = subprocess.run(_cli("predict", str(tmp_path / "photos"), "--out", str(out),
-                                *common), check=True, env=env, cwd=REPO, capture_output=True,
-                           text=True)
+    job = StoppedJob(data, tmp_path, signal.SIGKILL)
+    assert job.proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    kept = job.index.read_bytes().count(b"\n")
+    assert 4 <= kept < len(job.photos) and not job.out.exists()
+    rerun = job.rerun()
+    assert rerun.returncode == 0, rerun.stderr
     assert "were done by an earlier run" in rerun.stdout
-    assert out.read_text() == whole.read_text()
+    assert job.out.read_text() == job.whole.read_text()
 
 
 def test_batched_decoder_path_gives_the_cpu_paths_output(data, tmp_path):
@@ -360,3 +388,21 @@ def test_gpu_jpeg_decoding_end_to_end(data, tmp_path):
         [p for p, _ in read_errors(tmp_path / "pillow.npy", "extract")]
     err = relative_error(torch.from_numpy(np.array(gpu)), torch.from_numpy(np.array(pillow)))
     assert err < 2e-2, f"GPU-decoded features differ from Pillow-decoded ones by {err:.3g}"
+
+
+def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes(data, tmp_path):
+    """SIGINT mid-job: exit 130, one line saying how far it got and that rerunning resumes, no
+    traceback; the rerun finishes with the same output as an uninterrupted job."""
+    job = StoppedJob(data, tmp_path, signal.SIGINT)
+    if job.proc.returncode == 0:
+        pytest.skip("the job finished before the signal arrived")
+    assert job.proc.returncode == 130, job.stderr
+    assert "Traceback" not in job.stderr, job.stderr
+    lines = [line for line in job.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, job.stderr
+    assert re.fullmatch(r"predict: interrupted after \d+ of 14 images; the finished batches are "
+                        r"kept in .*stopped\.csv\.parts: rerun the same command to resume",
+                        lines[0]), lines[0]
+    rerun = job.rerun()
+    assert rerun.returncode == 0, rerun.stderr
+    assert job.out.read_text() == job.whole.read_text()

@@ -278,39 +278,65 @@ def test_weights_wrong_key_raises(source):
     _, sd = source
     bad = dict(sd)
     bad["layer1.0.conv_one.weight"] = bad.pop("layer1.0.conv1.weight")
-    with pytest.raises(RuntimeError, match=r"layer1\.0\.conv"):
+    with pytest.raises(resnet_fused.WeightsError, match=r"layer1\.0\.conv"):
         resnet_fused.resnet18(num_classes=10, weights=bad)
 
 
 def test_weights_missing_key_raises(source):
     _, sd = source
     bad = {k: v for k, v in sd.items() if k != "fc.bias"}
-    with pytest.raises(RuntimeError, match=r"fc\.bias"):
+    with pytest.raises(resnet_fused.WeightsError, match=r"fc\.bias"):
         resnet_fused.resnet18(num_classes=10, weights=bad)
 
 
 def test_weights_unexpected_key_raises(source):
     _, sd = source
     bad = {**sd, "head.weight": torch.zeros(3)}
-    with pytest.raises(RuntimeError, match=r"head\.weight"):
+    with pytest.raises(resnet_fused.WeightsError, match=r"head\.weight"):
         resnet_fused.resnet18(num_classes=10, weights=bad)
 
 
-def test_weights_wrong_num_classes_raises(source):
+def test_weights_wrong_num_classes_says_what_to_pass(source):
     _, sd = source
-    with pytest.raises(RuntimeError, match=r"fc\.weight"):
-        resnet_fused.resnet18(num_classes=1000, weights=sd)
+    with pytest.raises(resnet_fused.WeightsError) as info:
+        resnet_fused.resnet18(weights=sd)
+    assert str(info.value) == ("weights: the checkpoint has 10 classes, this resnet18 1000 "
+                               "(pass num_classes=10)")
 
 
-def test_weights_of_another_architecture_raise(source):
+@pytest.mark.parametrize("arch", ["resnet34", "resnet50"])
+def test_weights_of_another_architecture_say_what_they_are(arch, source, tmp_path):
     _, sd = source
-    with pytest.raises(RuntimeError):
-        resnet_fused.resnet34(num_classes=10, weights=sd)
+    path = tmp_path / "resnet18_10cls.pth"
+    torch.save(sd, path)
+    for weights in (sd, path):
+        with pytest.raises(resnet_fused.WeightsError) as info:
+            getattr(resnet_fused, arch)(weights=weights)
+        assert str(info.value) == (
+            f"weights: the checkpoint is resnet18 with 10 classes, not a {arch} (use "
+            "resnet_fused.resnet18(num_classes=10, weights=...))")
+
+
+def test_weights_files_that_are_no_state_dict(source, tmp_path):
+    """A pickled whole model and a garbage file: one line each, no ANSI escapes, the remedy."""
+    model, _ = source
+    whole = tmp_path / "whole.pth"
+    torch.save(model, whole)
+    with pytest.raises(resnet_fused.WeightsError) as info:
+        resnet_fused.resnet18(num_classes=10, weights=whole)
+    message = str(info.value)
+    assert "pickled Python object" in message and "torch.save(model.state_dict(), path)" in message
+    assert "\x1b" not in message and len(message.splitlines()) == 1
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"gibberish, not a checkpoint" * 10)
+    with pytest.raises(resnet_fused.WeightsError, match="is not a PyTorch checkpoint") as info:
+        resnet_fused.resnet18(weights=garbage)
+    assert len(str(info.value).splitlines()) == 1
 
 
 def test_weights_missing_file(tmp_path):
     missing = tmp_path / "nope.pth"
-    with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
+    with pytest.raises(FileNotFoundError, match=r"no such checkpoint file .*nope\.pth"):
         resnet_fused.resnet18(weights=missing)
     with pytest.raises(FileNotFoundError):
         resnet_fused.resnet50(weights=str(tmp_path / "nope.safetensors"))

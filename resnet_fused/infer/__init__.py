@@ -14,7 +14,7 @@ torchvision eval transform), ``loader`` (DataLoader workers), ``checkpoint`` (mo
 """
 
 from .checkpoint import CheckpointError
-from .job import JobError, JobOptions, Summary, extract, predict, run_job
+from .job import JobError, JobInterrupted, JobOptions, Summary, extract, predict, run_job
 from .outputs import read_errors, read_features, read_labels
 from .preprocess import EvalTransform
 from .sources import SourceError, list_images
@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "EvalTransform",
     "JobError",
+    "JobInterrupted",
     "JobOptions",
     "SourceError",
     "Summary",

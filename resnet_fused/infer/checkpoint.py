@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 
 import torch
@@ -17,57 +16,27 @@ from torch import Tensor, nn
 
 from .. import models
 from ..fused import FusedResNet, fuse
-
-ARCHES = {
-    "resnet18": ("BasicBlock", [2, 2, 2, 2]),
-    "resnet34": ("BasicBlock", [3, 4, 6, 3]),
-    "resnet50": ("Bottleneck", [3, 4, 6, 3]),
-    "resnet101": ("Bottleneck", [3, 4, 23, 3]),
-    "resnet152": ("Bottleneck", [3, 8, 36, 3]),
-}
-_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.conv([1-3])\.weight$")
+from ..weights import ARCHES, WeightsError, describe, read_state_dict
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or for another network."""
+class CheckpointError(WeightsError):
+    """A checkpoint that is missing, unreadable, or for another network (the job's wording: the
+    command-line option that fixes it)."""
 
 
 def read_checkpoint(weights: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The state dict of ``weights`` (a path or a state dict), ``module.`` prefixes removed."""
     if isinstance(weights, Mapping):
         state = dict(weights)
-    else:
-        path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"weights: no such checkpoint file {path!r}")
-        try:
-            state = dict(models._read_state_dict(path))
-        except Exception as e:  # a corrupt file can fail in many ways
-            raise CheckpointError(f"weights: cannot read checkpoint {path!r}: "
-                                  f"{type(e).__name__}: {e}") from e
-    if not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError("weights: the checkpoint holds no state dict of tensors")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def describe(state: Mapping[str, Tensor]) -> tuple[str | None, str]:
-    """(the ARCHES name the checkpoint's structure matches or None, a description of it)."""
-    blocks = [0, 0, 0, 0]
-    bottleneck = False
-    for key in state:
-        m = _BLOCK_KEY.match(key)
-        if m:
-            layer, index = int(m.group(1)) - 1, int(m.group(2))
-            blocks[layer] = max(blocks[layer], index + 1)
-            bottleneck = bottleneck or m.group(3) == "3"
-    block = "Bottleneck" if bottleneck else "BasicBlock"
-    name = next((n for n, spec in ARCHES.items() if spec == (block, blocks)), None)
-    fc = state.get("fc.weight")
-    classes = f" with {fc.shape[0]} classes" if fc is not None and fc.dim() == 2 else ""
-    what = name or f"a ResNet of {block} blocks {blocks}"
-    return name, f"{what}{classes}"
+        if not state or not all(isinstance(v, Tensor) for v in state.values()):
+            raise CheckpointError("weights: the checkpoint holds no state dict of tensors")
+        if all(k.startswith("module.") for k in state):
+            state = {k[len("module."):]: v for k, v in state.items()}
+        return state
+    try:
+        return read_state_dict(weights)
+    except WeightsError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def checkpoint_classes(state: Mapping[str, Tensor]) -> int:
@@ -94,8 +63,8 @@ def build_reference(arch: str, state: Mapping[str, Tensor],
     model = getattr(models, arch)(num_classes=classes)
     try:
         models.load_weights(model, state)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights: the checkpoint does not load into {arch}: {e}") from e
+    except WeightsError as e:
+        raise CheckpointError(f"{e} (into {arch})") from e
     return model.eval()
 
 

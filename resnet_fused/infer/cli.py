@@ -9,7 +9,7 @@ from ..backends import CHOICES
 from .checkpoint import ARCHES, CheckpointError
 from .decode import DEFAULT_MAX_PIXELS
 from .distributed import RankError
-from .job import DECODERS, JobError, JobOptions, run_job
+from .job import DECODERS, JobError, JobInterrupted, JobOptions, run_job
 from .preprocess import CROP, RESIZE
 from .sources import SourceError
 
@@ -65,13 +65,21 @@ def options_from(args: argparse.Namespace, kind: str, **extra) -> JobOptions:
 
 
 def run_options(options: JobOptions) -> int:
-    """Runs the job; prints rank 0's summary; 2 for a job that cannot start, else 0 (bad images
+    """Runs the job; prints rank 0's summary; 2 for a job that cannot start, 130 when
+    interrupted (one line saying how far it got and that rerunning resumes), else 0 (bad images
     are listed in the errors file and the summary, they do not fail the job)."""
     try:
         summary = run_job(options)
     except (JobError, SourceError, CheckpointError, RankError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except JobInterrupted as e:  # Ctrl-C: one line, no traceback, on every rank
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before or after the images: nothing half-written to lose
+        print(f"{options.kind}: interrupted; rerun the same command to continue",
+              file=sys.stderr)
+        return 130
     if summary.rank == 0:
         print(summary.report())
     return 0

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..backends import CHOICES
+from ..backends import CHOICES, resolve_backend
 from ..progress import counter
 from .checkpoint import build_fused, build_reference, checkpoint_classes, fingerprint
 from .checkpoint import read_checkpoint as _read_checkpoint
@@ -63,6 +63,11 @@ DECODERS = ("auto", "cpu", "gpu")
 
 class JobError(ValueError):
     """A job that cannot start as asked (raised before any image is processed)."""
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a job: what was finished is kept (``OUT.parts/``), and rerunning
+    the same command resumes from there. The message says how far the job (or this rank) got."""
 
 
 @dataclass
@@ -275,6 +280,10 @@ def _setup(options: JobOptions, world: World) -> _Setup:
     if options.decode not in DECODERS:
         raise JobError(f"decode must be one of {', '.join(DECODERS)}, got {options.decode!r}")
     device = _parse_device(options.device, world)
+    try:  # a backend that cannot run on this device is refused now, not partway through
+        resolve_backend(options.backend, device)
+    except (ValueError, RuntimeError) as e:
+        raise JobError(f"backend {options.backend}: {e}") from e
     dtype = _parse_dtype(options.dtype, device)
     batch_size = _positive("batch_size", options.batch_size, 256 if device.type == "cuda" else 8)
     cores = os.cpu_count() or 1
@@ -478,6 +487,8 @@ def _run_batches(setup: _Setup, batches: list[list[int]], writer: PartWriter, wo
                 seen += len(batch)
                 through_model += len(paths)
                 bar.update(len(batch))
+    except KeyboardInterrupt:
+        raise JobInterrupted(seen, total) from None
     finally:
         bar.close()
     return seen, through_model
@@ -527,8 +538,16 @@ def _run(options: JobOptions, world: World, start: float) -> Summary:
 
     setup_s = time.perf_counter() - start
     times = Times()
-    with PartWriter(files.parts, world.rank, setup.columns) as writer:
-        seen, through_model = _run_batches(setup, mine, writer, world, times)
+    try:
+        with PartWriter(files.parts, world.rank, setup.columns) as writer:
+            seen, through_model = _run_batches(setup, mine, writer, world, times)
+    except JobInterrupted as e:
+        seen_here, mine_total = e.args
+        where = (f"this rank ({world.rank} of {world.size}) after {seen_here} of its "
+                 f"{mine_total} images" if world.size > 1 else
+                 f"after {resumed + seen_here} of {len(setup.inputs)} images")
+        raise JobInterrupted(f"{options.kind}: interrupted {where}; the finished batches are "
+                             f"kept in {files.parts}: rerun the same command to resume") from None
     loop_s = time.perf_counter() - start - setup_s
     stats = world.gather({"seen": seen, "model": through_model, "times": asdict(times),
                           "loop": loop_s})
