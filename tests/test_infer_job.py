@@ -240,6 +240,23 @@ def test_a_backend_this_machine_lacks_is_refused_before_any_work(backend, data, 
     assert not out.exists() and not (tmp_path / "p.csv.parts").exists()
 
 
+def test_summary_rates_count_the_same_images():
+    """140 files, 20 of them unusable: the end-to-end rate and the model phase's are both over
+    the 120 images that went through the model, so the pipeline is never above 100% of it."""
+    from resnet_fused.infer import Summary
+    from resnet_fused.infer.job import Times
+
+    summary = Summary(kind="predict", out="p.csv", files=["p.csv"], errors_file="p.csv.errors.csv",
+                      status="done", inputs=140, ok=120, errors=[("x.jpg", "empty file")] * 20,
+                      processed=140, model_images=120, wall_s=13.0, setup_s=0.5, loop_s=12.0,
+                      times=Times(wait=0.5, preprocess=0.2, model=11.0, write=0.1))
+    text = summary.report()
+    assert "120 images (and 20 unusable files) in 12.0 s" in text
+    assert "10.0 images/s end to end" in text
+    pipeline = int(re.search(r"the whole pipeline at (\d+)% of that", text).group(1))
+    assert pipeline == 92  # (120 / 12 s) / (120 / 11 s)
+
+
 # -- rerun, overwrite, resume ---------------------------------------------------------------------
 
 def test_finished_job_is_not_redone_and_overwrite_redoes_it(data, tmp_path):

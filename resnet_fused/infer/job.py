@@ -150,8 +150,10 @@ class Summary:
 
     @property
     def images_per_s(self) -> float:
-        """End to end over the batch loop: decode, preprocess, model and write, all ranks."""
-        return self.processed / self.loop_s if self.loop_s > 0 else 0.0
+        """End to end over the batch loop (decode, preprocess, model and write, all ranks), in
+        images that went through the model: the rate the model phase is compared with. Files
+        that could not be used are counted apart (they cost a read, not a forward pass)."""
+        return self.model_images / self.loop_s if self.loop_s > 0 else 0.0
 
     def report(self, max_errors: int = 10) -> str:
         lines = [f"{self.kind}: {self.inputs} images -> {', '.join(self.files)}"]
@@ -164,9 +166,11 @@ class Summary:
         else:
             t = self.times
             ranks = f"{self.world_size} ranks, " if self.world_size > 1 else ""
+            skipped = self.processed - self.model_images
             lines.append(f"  {self.wall_s:.1f} s in all: setup {self.setup_s:.1f} s, "
-                         f"{self.processed} images in {self.loop_s:.1f} s, merge "
-                         f"{self.merge_s:.1f} s")
+                         f"{self.model_images} images"
+                         + (f" (and {skipped} unusable files)" if skipped else "")
+                         + f" in {self.loop_s:.1f} s, merge {self.merge_s:.1f} s")
             lines.append(f"  {self.images_per_s:.1f} images/s end to end ({ranks}{self.device}, "
                          f"{self.dtype}, batch {self.batch_size}, backend {self.backend}, "
                          f"{self.decoder} decode, {self.workers} DataLoader worker"
