@@ -235,6 +235,7 @@ def _extension():
 
 setup(
     packages=find_packages(include=["resnet_fused", "resnet_fused.*"]),
+    package_data={"resnet_fused": ["data/*.txt"]},  # the ImageNet class names
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildWithSm90.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

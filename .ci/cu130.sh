@@ -40,8 +40,10 @@ import re, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 deps = project["dependencies"] + project["optional-dependencies"]["test"]
 print(" ".join(d for d in deps if re.split(r"[<>=!~ ]", d)[0] not in ("torch", "numpy")))')
-"$PY" -m pip install -q --disable-pip-version-check torch==2.11.0 'setuptools>=77' wheel ninja \
-  "numpy<2.4" $DEPS
+# torchvision 0.26.0: the GPU machine's, so the tests of the torchvision integrations (its weights
+# registry, FrozenBatchNorm2d, decode/resize) run here rather than skip.
+"$PY" -m pip install -q --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 \
+  'setuptools>=77' wheel ninja "numpy<2.4" $DEPS
 # CUTLASS's headers for the sm_90a kernels (pyproject's `cuda` extra); --no-deps: only the headers
 # are used, not the package's Python tooling (cuda-python, scipy, ...).
 "$PY" -m pip install -q --disable-pip-version-check --no-deps nvidia-cutlass==4.2.0.0

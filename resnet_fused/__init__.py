@@ -1,7 +1,7 @@
 """resnet_fused: fused conv+BatchNorm(+residual)+ReLU kernels and a drop-in fused ResNet.
 
     import resnet_fused
-    model = resnet_fused.resnet50(weights="resnet50.pth")
+    model = resnet_fused.resnet50(weights="resnet50.pth")  # or "torchvision:IMAGENET1K_V2"
     fast = resnet_fused.fuse(model)               # same outputs as model.eval(), fused kernels
     fast(images)
 
@@ -13,6 +13,7 @@ from .backends import available_backends, backend_status
 from .folding import fold_batchnorm
 from .fused import FusedResNet, fuse
 from .models import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .pretrained import imagenet_classes
 from .weights import WeightsError, load_weights
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "backend_status",
     "fold_batchnorm",
     "fuse",
+    "imagenet_classes",
     "load_weights",
     "ops",
     "resnet18",

@@ -18,6 +18,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from .pretrained import is_pretrained, load_pretrained
 from .weights import ARCHES, load_weights
 
 __all__ = [
@@ -142,6 +143,8 @@ def _resnet(arch: str, num_classes: int, weights: WeightsArg) -> ResNet:
     block, layers = ARCHES[arch]
     model = ResNet({"BasicBlock": BasicBlock, "Bottleneck": Bottleneck}[block], layers,
                    num_classes=num_classes)
+    if is_pretrained(weights):  # "torchvision:IMAGENET1K_V2": torchvision's published weights
+        weights, _ = load_pretrained(arch, weights)
     return load_weights(model, weights, arch=arch)
 
 

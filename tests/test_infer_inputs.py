@@ -242,6 +242,25 @@ def test_parts_trust_only_complete_rows_and_a_reopen_cuts_the_tail(tmp_path, gen
     assert [json.loads(x) for x in lines] == ["a", "b", "c", "d"]
 
 
+def test_parts_count_a_result_only_for_the_file_it_was_computed_from(tmp_path):
+    cols = [Column("features", "<f4", 2)]
+    then = {"a": (10, 1), "b": (20, 2), "bad": (0, 3)}
+    with PartWriter(str(tmp_path), 0, cols, stats=then) as w:
+        w.write(["a", "b"], {"features": np.ones((2, 2), np.float32)}, [("bad", "empty file")])
+    lines = (tmp_path / "rank0.index.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [["a", 10, 1], ["b", 20, 2]]
+    assert read_parts(str(tmp_path), cols, then).changed == set()
+    now = {**then, "b": (20, 5), "bad": (7, 3)}  # b touched, bad rewritten
+    parts = read_parts(str(tmp_path), cols, now)
+    assert parts.rows == {"a": (0, 0)} and parts.errors == {}
+    assert parts.changed == {"b", "bad"}
+    # Recomputed since (appended by the rerun): valid again, and no longer "changed".
+    with PartWriter(str(tmp_path), 0, cols, stats=now) as w:
+        w.write(["b"], {"features": np.zeros((1, 2), np.float32)})
+    parts = read_parts(str(tmp_path), cols, now)
+    assert parts.rows == {"a": (0, 0), "b": (0, 2)} and parts.changed == {"bad"}
+
+
 def test_parts_of_several_ranks_are_read_together(tmp_path):
     cols = [Column("features", "<f4", 2)]
     for rank, names in ((0, ["a", "c"]), (3, ["b"])):

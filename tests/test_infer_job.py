@@ -132,10 +132,10 @@ def test_predict_csv_and_jsonl_match_the_reference(data, tmp_path, device):
         assert [float(p) for p in row[3::3]] == line["probs"]
         # The job's probabilities are the reference's for those classes ...
         assert relative_error(probs, ref[classes]) <= bound
-        # ... and the classes are the reference's top 3 (ties aside: none this close here).
-        top = ref.topk(4)
-        assert (top.values[:3] - top.values[1:]).min() > 1e-4
-        assert classes == top.indices[:3].tolist()
+        # ... and those classes hold the reference's three largest probabilities (two classes
+        # within the bound of each other may come in either order: the photos are random).
+        assert len(set(classes)) == 3
+        assert relative_error(ref[classes], ref.topk(3).values) <= bound
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -266,8 +266,6 @@ def test_finished_job_is_not_redone_and_overwrite_redoes_it(data, tmp_path):
     again = extract(paths, data["ckpt"], out, **FAST)
     assert again.status == "already complete" and again.processed == 0 and again.ok == 4
     assert out.stat().st_mtime_ns == before
-    with pytest.raises(JobError, match="finished for another list of inputs"):
-        extract(data["good"][:5], data["ckpt"], out, **FAST)
     with pytest.raises(JobError, match=r"other settings \(dtype: 'float32' then, 'bfloat16'"):
         extract(paths, data["ckpt"], out, dtype="bfloat16", **FAST)
     redo = extract(data["good"][:5], data["ckpt"], out, overwrite=True, **FAST)
@@ -276,6 +274,91 @@ def test_finished_job_is_not_redone_and_overwrite_redoes_it(data, tmp_path):
     (tmp_path / "stranger.npy").write_bytes(b"someone else's file")
     with pytest.raises(JobError, match="exists but no finished or partial job"):
         extract(paths, data["ckpt"], tmp_path / "stranger.npy", **FAST)
+
+
+def _rewrite(path, source) -> None:
+    """Another picture under ``path`` (a user replacing a file): new bytes, new mtime."""
+    before = os.stat(path).st_mtime_ns
+    with open(source, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data)
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # coarse filesystem clocks aside
+
+
+@pytest.mark.parametrize("out_name", ["features.npy", "preds.csv", "preds.jsonl"])
+def test_a_finished_job_extends_to_other_inputs_computing_only_what_changed(
+        data, tmp_path, out_name):
+    photos = good_corpus(str(tmp_path / "photos"), count=9)
+    first = [*photos[:6], data["bad"]["empty"]]
+    kind = "extract" if out_name.endswith(".npy") else "predict"
+    run = extract if kind == "extract" else predict
+    options = dict(FAST, **({"labels": data["labels"], "topk": 3} if kind == "predict" else {}))
+    out = tmp_path / out_name
+    run(first, data["ckpt"], out, **options)
+    first_text = out.read_text() if kind == "predict" else None
+    first_rows = dict(zip(*reversed(read_features(out)), strict=True)) if kind == "extract" \
+        else None
+
+    # The user adds three photos, drops one, and replaces another's file with a new picture.
+    _rewrite(photos[2], photos[8])
+    later = [photos[0], photos[6], photos[1], photos[2], *photos[4:6], data["bad"]["empty"],
+             photos[7], photos[8]]
+    summary = run(later, data["ckpt"], out, **options)
+    assert (summary.reopened, summary.added) == (7, 3)
+    assert summary.changed == [photos[2]] and summary.dropped == [photos[3]]
+    assert summary.processed == 4 and summary.resumed == len(later) - 4  # only what is new
+    report = summary.report()
+    assert f"extended the finished job of 7 images: 3 new, 1 changed since (recomputed): " \
+           f"{photos[2]}, 1 no longer listed (left out of the output): {photos[3]}" in report
+
+    # The result is a fresh run's over the same inputs: every row within the bound, in order,
+    # and the rows kept from the first run bit for bit what it wrote.
+    fresh = tmp_path / ("fresh" + out_name[out_name.index("."):])
+    run(later, data["ckpt"], fresh, **options)
+    assert read_errors(out, kind) == read_errors(fresh, kind) == \
+        [(data["bad"]["empty"], read_errors(fresh, kind)[0][1])]
+    if kind == "extract":
+        rows, paths = read_features(out)
+        fresh_rows, fresh_paths = read_features(fresh)
+        assert paths == fresh_paths == [p for p in later if p != data["bad"]["empty"]]
+        assert_rows_close(rows, torch.from_numpy(np.array(fresh_rows)).double(),
+                          tolerance(torch.float32, "model", "cpu"))
+        for row, path in zip(rows, paths, strict=True):
+            if path in first_rows and path != photos[2]:
+                np.testing.assert_array_equal(row, first_rows[path])
+    else:
+        lines, fresh_lines = out.read_text().splitlines(), fresh.read_text().splitlines()
+        assert [x.split(",")[0] for x in lines] == [x.split(",")[0] for x in fresh_lines]
+        kept = set(first_text.splitlines())
+        for line in lines:
+            path = json.loads(line)["path"] if kind == "predict" and out_name.endswith("l") \
+                else line.split(",")[0]
+            if path in first and path not in (photos[2], photos[3]):
+                assert line in kept, f"{path}: the kept result was not copied bit for bit"
+    again = run(later, data["ckpt"], out, **options)
+    assert again.status == "already complete" and again.processed == 0
+    assert not (tmp_path / (out_name + ".parts")).exists()
+
+
+def test_a_kill_while_a_finished_job_is_reopened_is_resumed(data, tmp_path, monkeypatch):
+    photos = good_corpus(str(tmp_path / "photos"), count=6)
+    out = tmp_path / "f.npy"
+    extract(photos[:4], data["ckpt"], out, **FAST)
+    real_remove = os.remove
+
+    def die_before_the_manifest_goes(path):
+        if str(path).endswith(".job.json"):
+            raise KeyboardInterrupt
+        real_remove(path)
+
+    monkeypatch.setattr(os, "remove", die_before_the_manifest_goes)
+    with pytest.raises(KeyboardInterrupt):
+        extract(photos, data["ckpt"], out, **FAST)
+    monkeypatch.setattr(os, "remove", real_remove)
+    summary = extract(photos, data["ckpt"], out, **FAST)
+    assert (summary.reopened, summary.added, summary.processed) == (4, 2, 2)
+    assert read_features(out)[1] == photos
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_output(data, tmp_path, monkeypatch):
@@ -307,6 +390,31 @@ def test_resume_after_a_crash_gives_the_uninterrupted_output(data, tmp_path, mon
     np.testing.assert_array_equal(resumed, whole)  # same batches, same arithmetic: bit for bit
     assert read_errors(tmp_path / "resumed.npy", "extract") == \
         read_errors(tmp_path / "whole.npy", "extract")
+
+
+def test_a_file_changed_between_a_crash_and_the_rerun_is_recomputed(data, tmp_path,
+                                                                    monkeypatch):
+    photos = good_corpus(str(tmp_path / "photos"), count=8)
+    real_write, calls = PartWriter.write, []
+
+    def crash_on_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartWriter, "write", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract(photos, data["ckpt"], tmp_path / "f.npy", **FAST)
+    monkeypatch.setattr(PartWriter, "write", real_write)
+    _rewrite(photos[1], photos[7])  # finished in the first batch, then replaced
+    summary = extract(photos, data["ckpt"], tmp_path / "f.npy", **FAST)
+    assert summary.changed == [photos[1]] and summary.resumed == FAST["batch_size"] - 1
+    assert "1 changed since the earlier run (recomputed): " + photos[1] in summary.report()
+    extract(photos, data["ckpt"], tmp_path / "fresh.npy", **FAST)
+    rows, fresh = read_features(tmp_path / "f.npy")[0], read_features(tmp_path / "fresh.npy")[0]
+    assert_rows_close(rows, torch.from_numpy(np.array(fresh)).double(),
+                      tolerance(torch.float32, "model", "cpu"))
 
 
 def _cli(*args: str) -> list[str]:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .. import models
 from ..fused import FusedResNet, fuse
+from ..pretrained import is_pretrained, load_pretrained
 from ..weights import ARCHES, WeightsError, describe, read_state_dict
 
 
@@ -24,8 +25,22 @@ class CheckpointError(WeightsError):
     command-line option that fixes it)."""
 
 
-def read_checkpoint(weights: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The state dict of ``weights`` (a path or a state dict), ``module.`` prefixes removed."""
+def read_checkpoint(weights: str | os.PathLike | Mapping[str, Tensor], arch: str = "resnet50",
+                    ) -> tuple[dict[str, Tensor], tuple[str, ...] | None]:
+    """The state dict of ``weights`` (a path, a state dict, or ``"torchvision:NAME"``: the
+    published ImageNet weights of ``arch``), ``module.`` prefixes removed, and the class names
+    that come with it (torchvision's weights only, else None)."""
+    if is_pretrained(weights):
+        if arch not in ARCHES:
+            raise ValueError(f"model must be one of {', '.join(ARCHES)}, got {arch!r}")
+        try:
+            return load_pretrained(arch, weights)
+        except WeightsError as e:
+            raise CheckpointError(str(e)) from e
+    return _read_state(weights), None
+
+
+def _read_state(weights: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
     if isinstance(weights, Mapping):
         state = dict(weights)
         if not state or not all(isinstance(v, Tensor) for v in state.values()):

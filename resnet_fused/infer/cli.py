@@ -20,7 +20,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_help: str) -> None
                              "(quote them), in the order the output keeps")
     parser.add_argument("--weights", required=True, metavar="CKPT",
                         help="checkpoint: .pth/.pt/.safetensors state dict with torchvision's "
-                             "keys")
+                             "keys, or torchvision:NAME for torchvision's published ImageNet "
+                             "weights of --model (e.g. torchvision:IMAGENET1K_V2; downloaded "
+                             "once into torch's hub cache)")
     parser.add_argument("--out", required=True, metavar="FILE", help=out_help)
     parser.add_argument("--model", choices=tuple(ARCHES), default="resnet50",
                         help="network depth the checkpoint is for (default resnet50)")
@@ -51,7 +53,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_help: str) -> None
                              f"{DEFAULT_MAX_PIXELS}, Pillow's decompression-bomb threshold)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo the job from scratch (default: resume a partial job, skip a "
-                             "finished one)")
+                             "finished one, and extend a finished one to new or changed inputs, "
+                             "computing only those)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

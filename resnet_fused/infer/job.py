@@ -5,8 +5,11 @@ Steps, in order (every rank runs them; :meth:`World.agree` makes a failure on an
 1. check everything before any work: the inputs (:mod:`.sources`), the output name, the labels,
    the checkpoint against the model, the device and the decoder;
 2. rank 0 prepares the output: an already finished job with the same settings and inputs is not
-   redone; a partial one (``<out>.parts/``) is resumed if its settings match; ``overwrite`` clears;
-3. every rank lists what is left, cuts it into batches and takes its share (:func:`.shard`);
+   redone; one with the same settings and other inputs is reopened (:func:`.reopen`: what is still
+   listed and unchanged is kept, the rest computed); a partial one (``<out>.parts/``) is resumed
+   if its settings match; ``overwrite`` clears;
+3. every rank lists what is left (new inputs, and those whose file changed since its result was
+   written), cuts it into batches and takes its share (:func:`.shard`);
 4. the loop: wait for a decoded batch (DataLoader workers), preprocess on the device, run the fused
    model, append the results to the rank's part files; each phase is timed;
 5. rank 0 merges the parts into the final files in input order (:mod:`.outputs`), writes the
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..backends import CHOICES, resolve_backend
+from ..pretrained import imagenet_classes, is_pretrained
 from ..progress import counter
 from .checkpoint import build_fused, build_reference, checkpoint_classes, fingerprint
 from .checkpoint import read_checkpoint as _read_checkpoint
@@ -48,11 +52,13 @@ from .outputs import (
     merge,
     output_files,
     read_errors,
+    read_inputs,
     read_json,
     read_labels,
+    reopen,
     write_json,
 )
-from .parts import PartWriter, read_parts
+from .parts import PartWriter, Stat, file_stat, read_parts
 from .preprocess import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE, EvalTransform
 from .sources import list_images
 
@@ -81,7 +87,9 @@ class JobOptions:
     out: str | os.PathLike
     model: str = "resnet50"
     num_classes: int | None = None  # checked against the checkpoint when given
-    labels: str | os.PathLike | None = None  # predict: one class name per line
+    # predict: a file of class names, one per line; None: the ImageNet names for a 1000-class
+    # checkpoint (torchvision's for its weights), none otherwise; False: no names
+    labels: str | os.PathLike | bool | None = None
     topk: int = 5
     dtype: str | torch.dtype | None = None  # default: float32 on CPU, bfloat16 on GPU
     batch_size: int | None = None  # default: 8 on CPU (faster per image there), 256 on GPU
@@ -132,6 +140,12 @@ class Summary:
     ok: int
     errors: list[tuple[str, str]]
     resumed: int = 0  # images finished by earlier runs
+    # Inputs whose file changed since an earlier run computed them (recomputed now), and, when a
+    # finished job was reopened for other inputs, what it held and what is no longer listed.
+    changed: list[str] = field(default_factory=list)
+    reopened: int = 0  # inputs of the finished job that was reopened (0: none was)
+    added: int = 0  # inputs that job did not have
+    dropped: list[str] = field(default_factory=list)
     processed: int = 0  # images this run went through (ok or bad), all ranks
     model_images: int = 0  # images through the model this run, all ranks
     wall_s: float = 0.0  # the whole call
@@ -161,6 +175,13 @@ class Summary:
         lines.append(f"  {self.ok} ok, {bad}" + (f" (listed with reasons in {self.errors_file})"
                                                     if self.errors else "")
                      + (f"; {self.resumed} were done by an earlier run" if self.resumed else ""))
+        if self.reopened:
+            lines.append(f"  extended the finished job of {self.reopened} images: {self.added} "
+                         "new" + _named(self.changed, "changed since (recomputed)")
+                         + _named(self.dropped, "no longer listed (left out of the output)"))
+        elif self.changed:
+            what = "changed since the earlier run (recomputed)"
+            lines.append("  " + _named(self.changed, what)[2:])
         if self.status != "done":
             lines.append(f"  {self.status}: nothing to do (--overwrite to redo it)")
         else:
@@ -198,6 +219,14 @@ class Summary:
         if len(self.errors) > max_errors:
             lines.append(f"  ... and {len(self.errors) - max_errors} more")
         return "\n".join(lines)
+
+
+def _named(paths: Sequence[str], what: str, most: int = 3) -> str:
+    """', 2 changed since (recomputed): a.jpg, b.jpg' (empty for none)."""
+    if not paths:
+        return ""
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return f", {len(paths)} {what}: {', '.join(paths[:most])}{more}"
 
 
 def _parse_dtype(dtype, device: torch.device) -> torch.dtype:
@@ -250,6 +279,7 @@ class _Setup:
     options: JobOptions
     files: OutputFiles
     inputs: list[str]
+    stats: dict[str, Stat]  # each input's file_stat when the job listed it
     device: torch.device
     dtype: torch.dtype
     batch_size: int
@@ -300,22 +330,30 @@ def _setup(options: JobOptions, world: World) -> _Setup:
     try:
         files = output_files(options.out, kind)
         transform = EvalTransform(options.resize, options.crop)
-        labels = read_labels(options.labels) if options.labels is not None else None
+        labels = None
+        if options.labels is not None and not isinstance(options.labels, bool):
+            labels = read_labels(options.labels)
+        elif options.labels not in (None, False):
+            raise ValueError(f"labels must be a file, None or False, got {options.labels!r}")
     except ValueError as e:
         raise JobError(str(e)) from e
     _check_writable(files.out)
     inputs = list_images(options.paths)
+    stats = {p: file_stat(p) for p in inputs}
 
-    state = _read_checkpoint(options.weights)
+    state, names = _read_checkpoint(options.weights, options.model)
     classes = checkpoint_classes(state)
     if labels is not None and len(labels) != classes:
         raise JobError(f"--labels {os.fspath(options.labels)!r} has {len(labels)} labels but the "
                        f"checkpoint has {classes} classes")
+    if kind == "predict" and options.labels is None and classes == len(imagenet_classes()):
+        labels = list(names or imagenet_classes())  # ImageNet-1k: its names by default
     topk = 0
     if kind == "predict":
         topk = _positive("topk", options.topk, 5)
         if topk > classes:
             raise JobError(f"topk ({topk}) is more than the checkpoint's {classes} classes")
+    weights_sha256 = fingerprint(state if is_pretrained(options.weights) else options.weights)
     reference = build_reference(options.model, state, options.num_classes)
     del state
     width = reference.fc.in_features if kind == "extract" else topk
@@ -340,12 +378,12 @@ def _setup(options: JobOptions, world: World) -> _Setup:
 
     settings = {
         "kind": kind, "model": options.model, "num_classes": classes,
-        "weights_sha256": fingerprint(options.weights), "dtype": str(dtype).replace("torch.", ""),
+        "weights_sha256": weights_sha256, "dtype": str(dtype).replace("torch.", ""),
         "resize": transform.resize, "crop": transform.crop, "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD), "max_pixels": max_pixels, "topk": topk or None,
         "labels_sha256": _sha256_text(labels) if labels else None,
     }
-    return _Setup(options, files, inputs, device, dtype, batch_size, workers, decoder,
+    return _Setup(options, files, inputs, stats, device, dtype, batch_size, workers, decoder,
                   decoder_name, transform, labels, model, columns_for(kind, width), settings,
                   max_pixels)
 
@@ -365,9 +403,9 @@ def _differences(a: dict, b: dict) -> str:
 
 
 def _prepare_output(setup: _Setup) -> str:
-    """Rank 0: "complete" (nothing to do) or "ready" (the parts folder exists, settings match)."""
+    """Rank 0: "complete" (nothing to do) or "ready" (the parts folder exists, settings match;
+    a finished job for other inputs has been reopened into it)."""
     files, options = setup.files, setup.options
-    inputs_digest = _sha256_text(setup.inputs)
     os.makedirs(os.path.dirname(os.path.abspath(files.out)), exist_ok=True)
     if options.overwrite:
         for path in files.finals():
@@ -380,15 +418,18 @@ def _prepare_output(setup: _Setup) -> str:
             raise JobError(f"{files.out} was finished by a job with other settings ("
                            f"{_differences(manifest.get('settings', {}), setup.settings)}); "
                            "use --overwrite to redo it, or another --out")
-        if manifest.get("inputs_sha256") != inputs_digest:
-            raise JobError(f"{files.out} was finished for another list of inputs "
-                           f"({manifest.get('inputs')} images, now {len(setup.inputs)}); use "
-                           "--overwrite to redo it, or another --out")
         missing = [p for p in files.finals() if not os.path.exists(p)]
         if missing:
             raise JobError(f"{files.manifest} records a finished job but {missing[0]} is gone; "
                            "use --overwrite to redo it")
-        return "complete"
+        try:
+            finished = read_inputs(files)
+        except ValueError as e:
+            raise JobError(f"{e}; use --overwrite to redo the job") from e
+        if finished == [(p, setup.stats[p]) for p in setup.inputs]:
+            shutil.rmtree(files.parts, ignore_errors=True)  # left by a kill after the merge
+            return "complete"
+        _reopen(setup, finished)
     if not os.path.isdir(files.parts):
         existing = [p for p in files.finals() if os.path.exists(p)]
         if existing:
@@ -403,6 +444,34 @@ def _prepare_output(setup: _Setup) -> str:
     if recorded is None:
         write_json(os.path.join(files.parts, "job.json"), {"settings": setup.settings})
     return "ready"
+
+
+def _reopen(setup: _Setup, finished: list[tuple[str, Stat]]) -> None:
+    """A finished job with these settings and other inputs becomes a partial one again: its
+    results for inputs still listed and unchanged go into a fresh parts folder (built aside, then
+    renamed into place), its manifest goes, and the folder's job.json says what changed for the
+    summary. Idempotent: a kill anywhere leaves a state the next run redoes or resumes."""
+    files = setup.files
+    before = dict(finished)
+    keep = {p: st for p, st in before.items() if setup.stats.get(p) == st}
+    record = {"settings": setup.settings, "reopened": {
+        "images": len(finished),
+        "added": sum(p not in before for p in setup.inputs),
+        "changed": [p for p in setup.inputs if p in before and p not in keep],
+        "dropped": [p for p, _ in finished if p not in setup.stats]}}
+    building = files.parts + ".reopening"
+    shutil.rmtree(building, ignore_errors=True)
+    os.makedirs(building)
+    try:
+        reopen(files, keep, setup.columns, bool(setup.labels), building)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        shutil.rmtree(building, ignore_errors=True)
+        raise JobError(f"{files.out}: cannot read the finished job's results back to extend it "
+                       f"({type(e).__name__}: {e}); use --overwrite to redo it") from e
+    write_json(os.path.join(building, "job.json"), record)
+    shutil.rmtree(files.parts, ignore_errors=True)
+    os.replace(building, files.parts)
+    os.remove(files.manifest)
 
 
 def _to_model_input(batch: Batch, setup: _Setup, times: Times) -> tuple[
@@ -530,10 +599,10 @@ def _run(options: JobOptions, world: World, start: float) -> Summary:
         if not os.path.isdir(files.parts):
             raise JobError(f"{files.parts} (made by rank 0) is not visible here: --out must be "
                            "on a filesystem every rank shares")
-        parts = read_parts(files.parts, setup.columns)
-        return [i for i, p in enumerate(setup.inputs) if not parts.done(p)]
+        parts = read_parts(files.parts, setup.columns, setup.stats)
+        return [i for i, p in enumerate(setup.inputs) if not parts.done(p)], parts.changed
 
-    todo = world.agree(list_work)
+    todo, changed = world.agree(list_work)
     if len(set(world.gather(_sha256_text([str(i) for i in todo])))) != 1:
         raise RankError("the ranks see different work lists: are the inputs and --out the same "
                         "files on every node?")
@@ -543,7 +612,7 @@ def _run(options: JobOptions, world: World, start: float) -> Summary:
     setup_s = time.perf_counter() - start
     times = Times()
     try:
-        with PartWriter(files.parts, world.rank, setup.columns) as writer:
+        with PartWriter(files.parts, world.rank, setup.columns, setup.stats) as writer:
             seen, through_model = _run_batches(setup, mine, writer, world, times)
     except JobInterrupted as e:
         seen_here, mine_total = e.args
@@ -561,13 +630,19 @@ def _run(options: JobOptions, world: World, start: float) -> Summary:
                        setup_s=setup_s, loop_s=loop_s, **common)
 
     t_merge = time.perf_counter()
-    parts = read_parts(files.parts, setup.columns)
-    ok, errors = merge(files, setup.inputs, parts, setup.columns, setup.labels)
+    parts = read_parts(files.parts, setup.columns, setup.stats)
+    ok, errors = merge(files, setup.inputs, [setup.stats[p] for p in setup.inputs], parts,
+                       setup.columns, setup.labels)
+    reopened = (read_json(os.path.join(files.parts, "job.json")) or {}).get("reopened") or {}
     total = Times()
     for s in stats:
         total.add(Times(**s["times"]))
     summary = Summary(status="done", inputs=len(setup.inputs), ok=ok, errors=errors,
                       resumed=resumed, processed=sum(s["seen"] for s in stats),
+                      changed=[p for p in setup.inputs
+                               if p in changed or p in set(reopened.get("changed", ()))],
+                      reopened=reopened.get("images", 0), added=reopened.get("added", 0),
+                      dropped=reopened.get("dropped", []),
                       model_images=sum(s["model"] for s in stats), times=total,
                       setup_s=setup_s, loop_s=max(s["loop"] for s in stats), **common)
     summary.merge_s = time.perf_counter() - t_merge

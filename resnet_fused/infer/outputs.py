@@ -9,7 +9,12 @@
     (one line per image that worked, in input order)
 and for both:
     ``OUT.errors.csv``   ``path,reason`` for every image that could not be used, in input order
+    ``OUT.inputs.csv``   ``path,size,mtime_ns``: every input as the job read it, in input order
     ``OUT.job.json``     the settings, counts and time split of the finished job (written last)
+
+A later job with the same settings and more (or other) inputs reopens the finished files
+(:func:`reopen`): what is still listed and unchanged becomes a part again, and only the rest is
+computed.
 
 While the job runs (or after a kill) the results live in ``OUT.parts/`` (see :mod:`.parts`); the
 merge writes each final file under a temporary name and renames it into place.
@@ -20,12 +25,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .parts import Column, Parts
+from .parts import Column, Parts, PartWriter, Stat
 
 KINDS = ("predict", "extract")
 SUFFIXES = {"extract": (".npy",), "predict": (".csv", ".jsonl")}
@@ -50,6 +55,10 @@ class OutputFiles:
         return self.out + ".errors.csv"
 
     @property
+    def inputs(self) -> str:
+        return self.out + ".inputs.csv"
+
+    @property
     def manifest(self) -> str:
         return self.out + ".job.json"
 
@@ -58,7 +67,7 @@ class OutputFiles:
         return self.out + ".parts"
 
     def finals(self) -> list[str]:
-        return [p for p in (self.out, self.index, self.errors, self.manifest) if p]
+        return [p for p in (self.out, self.index, self.errors, self.inputs, self.manifest) if p]
 
 
 def output_files(out: str | os.PathLike, kind: str) -> OutputFiles:
@@ -130,9 +139,11 @@ def _gather(parts: Parts, locations: np.ndarray, col: Column, mapped: dict) -> n
     return out
 
 
-def merge(files: OutputFiles, inputs: Sequence[str], parts: Parts, columns: Sequence[Column],
-          labels: Sequence[str] | None = None) -> tuple[int, list[tuple[str, str]]]:
-    """Writes the final files for ``inputs`` from ``parts``; returns (rows, errors in order)."""
+def merge(files: OutputFiles, inputs: Sequence[str], stats: Sequence[Stat], parts: Parts,
+          columns: Sequence[Column], labels: Sequence[str] | None = None,
+          ) -> tuple[int, list[tuple[str, str]]]:
+    """Writes the final files for ``inputs`` (whose files had ``stats``) from ``parts``; returns
+    (rows, errors in order)."""
     missing = [p for p in inputs if not parts.done(p)]
     if missing:
         raise RuntimeError(f"cannot merge: {len(missing)} images have no result in "
@@ -151,6 +162,12 @@ def merge(files: OutputFiles, inputs: Sequence[str], parts: Parts, columns: Sequ
         writer.writerow(["path", "reason"])
         writer.writerows(errors)
     os.replace(tmp, files.errors)
+    tmp = files.inputs + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "size", "mtime_ns"])
+        writer.writerows((p, *st) for p, st in zip(inputs, stats, strict=True))
+    os.replace(tmp, files.inputs)
     return len(ok), errors
 
 
@@ -220,3 +237,76 @@ def read_errors(out: str | os.PathLike, kind: str) -> list[tuple[str, str]]:
     """(path, reason) of each image a finished job could not use."""
     with open(output_files(out, kind).errors, newline="", encoding="utf-8") as f:
         return [(p, r) for p, r in list(csv.reader(f))[1:]]
+
+
+def read_inputs(files: OutputFiles) -> list[tuple[str, Stat]] | None:
+    """(path, stat) of every input of the finished job, or None where the file is missing (an
+    output written before the package recorded it)."""
+    try:
+        with open(files.inputs, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+    except FileNotFoundError:
+        return None
+    try:
+        return [(p, (int(size), int(mtime))) for p, size, mtime in rows]
+    except ValueError as e:
+        raise ValueError(f"{files.inputs}: not a list of path,size,mtime_ns rows ({e})") from e
+
+
+def _read_predictions(files: OutputFiles, k: int, labels: bool):
+    """(path, classes, probs) per row of a finished predict output."""
+    if files.out.lower().endswith(".jsonl"):
+        with open(files.out, encoding="utf-8") as f:
+            for line in f:
+                item = json.loads(line, parse_float=np.float32)  # text -> float32 directly
+                yield item["path"], item["classes"], item["probs"]
+        return
+    step = 3 if labels else 2
+    with open(files.out, newline="", encoding="utf-8") as f:
+        rows = csv.reader(f)
+        next(rows)  # the header
+        for row in rows:
+            fields = row[1:]
+            if len(fields) != step * k:
+                raise ValueError(f"{files.out}: a row has {len(fields)} fields after the path, "
+                                 f"expected {step * k}")
+            yield row[0], fields[0::step], fields[step - 1::step]
+
+
+def reopen(files: OutputFiles, keep: Mapping[str, Stat], columns: Sequence[Column],
+           labels: bool, parts_dir: str) -> int:
+    """Writes the rows and bad images of the finished job whose path is in ``keep`` into a part
+    in ``parts_dir`` (recording their stats), so a job over more inputs computes only the others.
+    Returns how many results were kept. Values come back bit for bit (the CSV and JSON hold each
+    float32 probability as the shortest text that reads back as it)."""
+    kept = 0
+    with PartWriter(parts_dir, 0, columns, stats=keep) as writer:
+        if files.kind == "extract":
+            features, paths = read_features(files.out)
+            for start in range(0, len(paths), _CHUNK):
+                chunk = paths[start:start + _CHUNK]
+                take = [i for i, p in enumerate(chunk) if p in keep]
+                writer.write([chunk[i] for i in take],
+                             {columns[0].name: np.asarray(features[start:start + _CHUNK][take])})
+                kept += len(take)
+        else:
+            classes_col, probs_col = columns
+            paths, classes, probs = [], [], []
+
+            def flush() -> None:
+                writer.write(paths, {classes_col.name: np.array(classes, dtype=np.int64),
+                                     probs_col.name: np.array(probs, dtype=np.float32)})
+                paths.clear(), classes.clear(), probs.clear()
+
+            for path, cls, prob in _read_predictions(files, classes_col.width, labels):
+                if path in keep:
+                    paths.append(path)
+                    classes.append([int(c) for c in cls])
+                    probs.append([np.float32(p) for p in prob])
+                    kept += 1
+                if len(paths) == _CHUNK:
+                    flush()
+            flush()
+        errors = [(p, r) for p, r in read_errors(files.out, files.kind) if p in keep]
+        writer.write([], {}, errors)
+    return kept + len(errors)
