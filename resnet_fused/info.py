@@ -1,4 +1,5 @@
-"""``python -m resnet_fused info``: versions, the device, and which backends this install has."""
+"""``python -m resnet_fused info``: versions, the device, and which backends this install has;
+with ``--convs``, what each conv of a fused model runs on this CPU, and why."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ from .backends import backend_status, cuda_implementations, triton_version
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser  # no options
+    parser.add_argument("--convs", action="store_true",
+                        help="also run a fused model once on the CPU (random weights) and list "
+                             "what each conv runs there, and why (RESNET_FUSED_CPU_CHOICE)")
+    parser.add_argument("--model", default="resnet50",
+                        choices=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"),
+                        help="with --convs: the network (default resnet50)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="with --convs: the batch (default 1)")
+    parser.add_argument("--size", type=int, default=224,
+                        help="with --convs: the image side in pixels (default 224)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="with --convs: the compute dtype (default float32)")
 
 
 def run(args: argparse.Namespace | None = None) -> int:
@@ -39,6 +51,47 @@ def run(args: argparse.Namespace | None = None) -> int:
     print("\ncpu fast path (oneDNN):")
     for key, value in cpu_rows():
         print(f"  {key:<9} {value}")
+    if args is not None and args.convs:
+        return print_convs(args.model, args.batch_size, args.size, getattr(torch, args.dtype))
+    return 0
+
+
+def print_convs(arch: str, batch: int, size: int, dtype: torch.dtype) -> int:
+    """Fuses ``arch`` (random weights, non-trivial BatchNorm), runs it once on a CPU batch, and
+    prints each conv's input shape, algorithm and the reason (:mod:`.cpu.algorithms`)."""
+    from . import models
+    from .cpu import algorithms
+    from .cpu.capability import fast_dtypes
+    from .fused import FusedConvBNAct, fuse
+    from .testing import randomize_batchnorm_
+
+    if batch < 1 or size < 1:
+        print(f"error: --batch-size and --size must be positive, got {batch} and {size}")
+        return 2
+    if dtype not in fast_dtypes():
+        print(f"\nconvs: {dtype} does not take the CPU fast path here (the raw op runs)")
+        return 0
+    gen = torch.Generator().manual_seed(0)
+    model = getattr(models, arch)().eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            randomize_batchnorm_(module, gen)
+    fused = fuse(model, backend="cpu", dtype=dtype)
+    print(f"\nconvs of {arch}, input ({batch}, 3, {size}, {size}) {dtype}, "
+          f"{torch.get_num_threads()} threads, choice: {algorithms.mode()} "
+          "(RESNET_FUSED_CPU_CHOICE):")
+    with torch.inference_mode():
+        fused(torch.randn(batch, 3, size, size, generator=gen))
+    rows = []
+    for name, module in fused.named_modules():
+        if isinstance(module, FusedConvBNAct) and module._onednn is not None:
+            for (n, h, w), choice in module._onednn.choices.items():
+                kind = f"{module.weight.shape[2]}x{module.weight.shape[3]}/{module.stride[0]}"
+                rows.append((name, f"{kind} {module.in_channels}->{module.out_channels}",
+                             f"{n}x{h}x{w}", choice.algorithm, choice.why))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  " + "  ".join(f"{v:<{widths[i]}}" for i, v in enumerate(row[:4])) + "  " + row[4])
     return 0
 
 
@@ -62,9 +115,27 @@ def cpu_rows() -> list[tuple[str, str]]:
         ("amx", "yes" if caps["amx_tile"] else "no"),
         ("dtypes", ", ".join(dtypes) + " (others run the raw op)" if dtypes else
          "none: torch was built without oneDNN; every dtype runs the raw op"),
+        ("choice", _choice_row()),
         ("winograd", _winograd_row()),
         ("conv1x1", _conv1x1_row()),
     ]
+
+
+def _choice_row() -> str:
+    from .cpu import algorithms
+
+    try:
+        mode = algorithms.mode()
+    except ValueError as err:
+        return f"invalid setting: {err}"
+    if mode == "rule":
+        return ("rule (RESNET_FUSED_CPU_CHOICE): fixed rules per conv shape"
+                + (", the CPUs they were measured on (AVX-512, no AMX)"
+                   if algorithms.rules_measured_here() else ""))
+    from .tuning import cache_path
+
+    return ("measure (RESNET_FUSED_CPU_CHOICE): each conv shape's candidates verified, then "
+            f"timed here, the fastest cached in {cache_path()}; `info --convs` lists them")
 
 
 def _conv1x1_row() -> str:

@@ -336,6 +336,24 @@ def test_check_overhead_script(tmp_path, capsys, monkeypatch):
     assert all(len(t) == 2 for t in result["times_s"].values()) and result["input_check_s"] > 0
 
 
+def test_cpu_choice_script(tmp_path, capsys, monkeypatch):
+    """benchmarks/cpu_choice.py on a tiny input: both ways of choosing run, are checked against
+    fp64 and timed; the measured choices are recorded with their reasons."""
+    module = _load_script("cpu_choice", monkeypatch)
+    # The script sets both per run: monkeypatch puts the session's values back afterwards.
+    monkeypatch.setenv("RESNET_FUSED_CPU_CHOICE", "rule")
+    monkeypatch.setenv("RESNET_FUSED_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "choice.json"
+    assert module.main(["--batches", "1", "--dtypes", "float32", "--rounds", "2", "--size", "32",
+                        "--json", str(out)]) == 0
+    assert "ratio = measure / rule time" in capsys.readouterr().out
+    (result,) = json.loads(out.read_text())["configs"].values()
+    assert set(result["median_ms"]) == {"rule", "measure"}
+    assert all(err <= 1e-4 for err in result["relative_error"].values())
+    whys = [why for shapes in result["choices_measure"].values() for _, why in shapes.values()]
+    assert len(whys) == 53 and any(w.startswith("measured on this CPU:") for w in whys)
+
+
 def test_ab_revisions_script(tmp_path, capsys, monkeypatch):
     """benchmarks/cpu_ab_revisions.py with this checkout on both sides: a child process per side
     and round, each importing the checkout it was given and checking its output."""

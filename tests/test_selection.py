@@ -2,7 +2,7 @@
 
 The CUDA implementations cannot run here, so the candidates' runners are replaced by CPU stand-ins
 (one right, one wrong and fastest); the choice logic, the verification through
-resnet_fused.cuda.tuning, the in-process memo and the tracing/capture defaults are the real ones.
+resnet_fused.tuning, the in-process memo and the tracing/capture defaults are the real ones.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resnet_fused.cuda import selection, tuning
+from resnet_fused import tuning
+from resnet_fused.cuda import selection
 from resnet_fused.reference import conv_bn_act_reference
 from resnet_fused.testing import random_bn_params
 

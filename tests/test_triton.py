@@ -23,9 +23,8 @@ import pytest
 pytest.importorskip("triton")
 
 import resnet_fused
-from resnet_fused import ops
+from resnet_fused import ops, tuning
 from resnet_fused import triton as rt  # registers the ops
-from resnet_fused.cuda import tuning
 from resnet_fused.poison import poisoned_outputs
 from resnet_fused.reference import add_relu_reference, conv_bn_act_reference
 from resnet_fused.testing import (

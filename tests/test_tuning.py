@@ -1,4 +1,4 @@
-"""The verified tuner (resnet_fused.cuda.tuning): a wrong candidate is never chosen, whatever its
+"""The verified tuner (resnet_fused.tuning): a wrong candidate is never chosen, whatever its
 speed.
 
 Unit tests drive ``tuning.choose`` with hand-made candidates; the op-level test puts a genuinely
@@ -14,8 +14,7 @@ import json
 import pytest
 import torch
 
-from resnet_fused import ops
-from resnet_fused.cuda import tuning
+from resnet_fused import ops, tuning
 from resnet_fused.reference import conv_bn_act_reference
 from resnet_fused.testing import random_bn_params, relative_error, tolerance
 

@@ -19,7 +19,9 @@ the registered ``torch.ops.mkldnn`` ops Inductor uses:
 * Activations stay channels_last (NHWC) between layers: oneDNN reads and writes that layout
   directly, without reorders.
 * Stride-1 3x3 convolutions may run as Winograd F(m, 3) instead (:mod:`resnet_fused.cpu.winograd`,
-  this package's own op), chosen per input shape by a fixed rule (``RESNET_FUSED_WINOGRAD``).
+  this package's own op).
+* Which of these runs is chosen per conv and input shape, by fixed rules or measured on this CPU
+  (:mod:`resnet_fused.cpu.algorithms`); :attr:`OneDNNConv.choices` says what and why.
 
 The prepared weights are derived state, not a cache that goes stale when the module's numbers
 change through PyTorch: each call first checks that the module's ``weight``/``scale``/``shift``
@@ -38,10 +40,12 @@ not all finite use the raw op instead.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..folding import fold_scale
-from . import conv1x1, winograd
+from . import algorithms, conv1x1, winograd
+from .algorithms import Choice
 
 __all__ = ["OneDNNConv"]
 
@@ -92,7 +96,7 @@ class OneDNNConv:
         self.finite = all(bool(torch.isfinite(t).all()) for t in self._source)
         # oneDNN's fused convolution wants the bias in the compute dtype.
         self.bias = shift.to(self.dtype)
-        # x.shape -> [weight for it, expected residual/output shape, is_winograd] (_entry)
+        # x.shape -> [weight for it, expected residual/output shape, algorithm] (_entry)
         self._entries: dict[torch.Size, list] = {}
         self._packed: dict[tuple[int, int, int], Tensor] = {}  # (N, H, W) -> packed weight
         self._last: Tensor | None = None
@@ -102,8 +106,10 @@ class OneDNNConv:
         self._winograd_filter: Tensor | None = None  # built on first use; shape-independent
         # (N, H, W) -> "winograd"/"direct", for the shapes Winograd could take (reported only).
         self._algorithms: dict[tuple[int, int, int], str] = {}
-        # 1x1 convs that run on this package's kernel instead (resnet_fused.cpu.conv1x1); its weight
-        # is packed on first use, and no oneDNN weight is made for them.
+        # (N, H, W) -> what runs and why, for every shape seen (reported only).
+        self._choices: dict[tuple[int, int, int], Choice] = {}
+        # Whether this package's 1x1 kernel (resnet_fused.cpu.conv1x1) can take this conv; its
+        # weight is packed on first use, and no oneDNN weight is made for shapes it runs.
         self._conv1x1 = conv1x1.path((self.kh, self.kw), self.stride, self.padding, self.dtype,
                                      self.in_channels, self.out_channels)
         self._conv1x1_weight: Tensor | None = None
@@ -115,12 +121,12 @@ class OneDNNConv:
                 and (_fingerprint(weight), _fingerprint(scale), _fingerprint(shift))
                 == self._fingerprints)
 
-    def _entry(self, shape: torch.Size) -> list | None:
-        """[weight, output shape, is_winograd] for inputs of this shape: the Winograd filter where
-        that algorithm was chosen for the shape, else the weight reordered for oneDNN, or None
-        until a call needs it (:meth:`_reordered`; a residual conv that runs as
-        ``conv1x1_residual_`` never does); None if it is not a valid input (wrong rank or
-        channels, empty batch, smaller than the kernel)."""
+    def _entry(self, shape: torch.Size, residual: bool = False, relu: bool = True) -> list | None:
+        """[weight, output shape, algorithm] for inputs of this shape (``algorithm`` chosen by
+        :meth:`_choose` for a call like this one, with or without a residual): the Winograd filter
+        where Winograd runs, else the weight reordered for oneDNN, or None until a call needs it
+        (:meth:`_reordered`; the 1x1 kernel never does); None if it is not a valid input (wrong
+        rank or channels, empty batch, smaller than the kernel)."""
         if len(shape) != 4 or shape[1] != self.in_channels or shape[0] == 0:
             return None
         n, _, h, w = shape
@@ -133,9 +139,8 @@ class OneDNNConv:
             # the raw op computes them in fp32. Tiny inputs: nothing to gain here anyway.
             return None
         out_shape = (n, self.out_channels, ho, wo)
-        entry = [None, out_shape, False]
-        if self._use_winograd((n, h, w)):
-            entry = [self._winograd_u(), out_shape, True]
+        algorithm = self._choose(shape, out_shape, residual, relu)
+        entry = [self._winograd_u() if algorithm == "winograd" else None, out_shape, algorithm]
         if len(self._entries) < self._MAX_ENTRIES:
             self._entries[shape] = entry
         return entry
@@ -153,19 +158,68 @@ class OneDNNConv:
                 packed = self._last
         return packed
 
-    def _use_winograd(self, key: tuple[int, int, int]) -> bool:
-        """Whether inputs of shape ``key`` = (N, H, W) run as Winograd, by
-        :func:`winograd.policy`; records the choice for :attr:`algorithms` (unless ``never``)."""
-        if not (self._winograd_eligible and winograd.worthwhile(key[1], key[2], self.dtype)):
-            return False
+    def _choose(self, shape: torch.Size, out_shape: tuple, residual: bool, relu: bool) -> str:
+        """The algorithm for inputs of ``shape`` (:mod:`.algorithms`: by rule or measured);
+        records it, and why, for :attr:`choices` (and Winograd's for :attr:`algorithms`)."""
+        n, _, h, w = shape
+        key = (n, h, w)
+        candidates = ["onednn"]
+        if self._conv1x1:
+            candidates.insert(0, "conv1x1")
         rule = winograd.policy()
-        if rule == "never":
-            return False
-        chosen = rule == "always" or winograd.by_rule(*key, self.dtype, self.in_channels,
-                                                      self.out_channels)
-        if len(self._algorithms) < self._MAX_ENTRIES:
-            self._algorithms[key] = "winograd" if chosen else "direct"
-        return chosen
+        if (self._winograd_eligible and winograd.worthwhile(h, w, self.dtype)
+                and rule != "never"):
+            candidates.insert(0, "winograd")
+        if len(candidates) == 1:
+            choice = Choice("onednn", "the only algorithm for this conv here")
+        elif "winograd" in candidates and rule == "always":
+            choice = Choice("winograd", "RESNET_FUSED_WINOGRAD=always")
+        elif algorithms.mode() == "measure":
+            choice = self._measure(shape, out_shape, candidates, residual, relu)
+        elif "conv1x1" in candidates:
+            choice = Choice("conv1x1", "rule: 1x1 convs on the package's GEMM where the CPU "
+                                       "runs it")
+        else:
+            tiles = winograd.tiles(n, h, w, self.dtype)
+            floor = winograd.min_tiles(self.dtype, self.in_channels, self.out_channels)
+            choice = (Choice("winograd", f"rule: {tiles} output tiles >= {floor}")
+                      if tiles >= floor else Choice("onednn", f"rule: {tiles} output tiles < "
+                                                              f"{floor} for Winograd"))
+        if len(self._choices) < self._MAX_ENTRIES:
+            self._choices[key] = choice
+            if "winograd" in candidates:
+                self._algorithms[key] = ("winograd" if choice.algorithm == "winograd"
+                                         else "direct")
+        return choice.algorithm
+
+    def _measure(self, shape: torch.Size, out_shape: tuple, candidates: list[str],
+                 residual: bool, relu: bool) -> Choice:
+        """Verifies and times ``candidates`` on seeded random data of this call's shape and
+        layout, the module's own weights (:func:`.algorithms.measure`)."""
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(tuple(shape), generator=gen).to(self.dtype).contiguous(
+            memory_format=torch.channels_last)
+        r = None
+        if residual:
+            r = torch.randn(out_shape, generator=gen).to(self.dtype).contiguous(
+                memory_format=torch.channels_last)
+        scratch = [None if r is None else r.clone(memory_format=torch.channels_last)]
+
+        def reference() -> Tensor:
+            weight, scale, shift = self._source
+            folded = weight.double() * scale.double().view(-1, 1, 1, 1)
+            y = F.conv2d(x.double(), folded, shift.double(), self.stride, self.padding)
+            y = y if r is None else y + r.double()
+            return y.clamp_min(0) if relu else y
+
+        def launch(cand: str) -> object:  # as the model calls it: summing in place
+            return self._compute(cand, x, scratch[0], relu, in_place=True)
+
+        key = (str(self.dtype), self.in_channels, self.out_channels, self.kh, self.kw,
+               *self.stride, *self.padding, shape[0], shape[2], shape[3], residual)
+        with torch.inference_mode():
+            return algorithms.measure(key, candidates, lambda c: self._compute(c, x, r, relu),
+                                      launch, reference, self.dtype)
 
     def _winograd_u(self) -> Tensor:
         # The transformed filter: shape-independent, built on first use.
@@ -198,18 +252,24 @@ class OneDNNConv:
              residual_is_scratch: bool) -> Tensor | None:
         if x.dtype != self.dtype or not x.is_cpu or not self.finite:
             return None
-        entry = self._entries.get(x.shape) or self._entry(x.shape)
+        entry = self._entries.get(x.shape) or self._entry(x.shape, residual is not None, relu)
         if entry is None:
             return None
-        weight, out_shape, is_winograd = entry
-        if residual is not None and (residual.shape != out_shape or residual.dtype != self.dtype
+        if residual is not None and (residual.shape != entry[1] or residual.dtype != self.dtype
                                      or not residual.is_cpu):
             return None
-        if is_winograd:  # the residual, if any, is read; the output is a new tensor
-            return _WINOGRAD(x, weight, self._source[2], residual, relu)
         in_place = (residual is not None and residual_is_scratch
                     and residual.is_contiguous(memory_format=torch.channels_last))
-        if self._conv1x1:  # this package's 1x1 kernel (resnet_fused.cpu.conv1x1)
+        return self._compute(entry[2], x, residual, relu, in_place, entry)
+
+    def _compute(self, algorithm: str, x: Tensor, residual: Tensor | None, relu: bool,
+                 in_place: bool = False, entry: list | None = None) -> Tensor:
+        """The fused conv by ``algorithm`` (``in_place``: sum into ``residual``'s buffer where the
+        algorithm can). ``entry``: the shape's :meth:`_entry`, for its prepared weight."""
+        if algorithm == "winograd":  # the residual, if any, is read; the output is a new tensor
+            u = entry[0] if entry is not None else self._winograd_u()
+            return _WINOGRAD(x, u, self._source[2], residual, relu)
+        if algorithm == "conv1x1":  # this package's 1x1 kernel (resnet_fused.cpu.conv1x1)
             if residual is None:
                 return _CONV1X1(x, self._conv1x1_packed(), self._source[2], self.stride, relu)
             if not in_place:
@@ -217,14 +277,18 @@ class OneDNNConv:
             # residual = act(conv(x) + shift + residual), in place: no new activation.
             _CONV1X1_(residual, x, self._conv1x1_packed(), self._source[2], self.stride, relu)
             return residual
+        weight = entry[0] if entry is not None else None
         if weight is None:
-            weight = entry[0] = self._reordered(x.shape)
+            weight = self._reordered(x.shape)
+            if entry is not None:
+                entry[0] = weight
         if residual is None:
             return _CONV(x, weight, self.bias, self.padding, self.stride, _DILATION, 1,
                          "relu" if relu else "none", [], "")
         unary = "relu" if relu else None
         if not in_place:
-            if out_shape[1] > 1 and out_shape[2] * out_shape[3] > 1:
+            _, channels, height, width = residual.shape  # the output's shape
+            if channels > 1 and height * width > 1:
                 # A binary-add post-op reads the residual; the output is a new tensor.
                 return _CONV_BINARY(x, residual, weight, self.bias, self.padding, self.stride,
                                     _DILATION, 1, "add", 1.0, unary, [], "")
@@ -247,6 +311,11 @@ class OneDNNConv:
     def shapes(self) -> list[tuple[int, int, int]]:
         """The (N, H, W) input shapes a weight is reordered for."""
         return list(self._packed)
+
+    @property
+    def choices(self) -> dict[tuple[int, int, int], Choice]:
+        """What runs per (N, H, W) input shape seen, and why (:mod:`.algorithms`)."""
+        return dict(self._choices)
 
     @property
     def algorithms(self) -> dict[tuple[int, int, int], str]:

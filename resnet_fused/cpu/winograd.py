@@ -12,12 +12,9 @@ layout once, when a model is fused.
 
 Whether Winograd is faster than oneDNN's direct convolution depends on the shape: with few tiles
 (a 7x7 layer at batch 1) its GEMMs are starved while its filter, (m+2)^2 / 9 times the direct
-one's bytes, must still be read whole. :func:`policy` says how the CPU fast path chooses,
-``RESNET_FUSED_WINOGRAD`` =
-
-* ``auto`` (default): :func:`by_rule`, a fixed rule on the shape (not a timing, so every process
-  and every copy of a model computes with the same algorithms, bit for bit);
-* ``always`` or ``never``.
+one's bytes, must still be read whole. :mod:`.algorithms` chooses (by :func:`by_rule`, a fixed
+rule on the shape, or by measuring), within what :func:`policy`, ``RESNET_FUSED_WINOGRAD``,
+allows: ``auto`` (default), ``always`` (wherever it applies) or ``never``.
 """
 
 from __future__ import annotations

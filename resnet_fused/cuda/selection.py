@@ -5,7 +5,7 @@ call (``torch.ops.resnet_fused.cuda_impls`` / ``cuda_impl_supports``: the hand-w
 kernel on sm_80+, and on sm_90 each sm_90a CUTLASS configuration); ``backend="auto"`` chooses
 among those and the Triton backend. The first eager call of a shape runs every candidate on
 random data of that shape, drops any that misses the numerics bound, and keeps the fastest
-(:mod:`resnet_fused.cuda.tuning`: cached in the process and on disk, keyed by device, versions and
+(:mod:`resnet_fused.tuning`: cached in the process and on disk, keyed by device, versions and
 shape). Nothing is chosen from guesses.
 
 While torch.compile traces or a CUDA graph is captured nothing can be measured: a shape seen
@@ -20,8 +20,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .. import backends, poison
-from . import tuning
+from .. import backends, poison, tuning
 
 MMA_SYNC = "cuda:mma_sync"
 TRITON = "triton"

@@ -16,7 +16,7 @@ per element, so their BLOCK_K is halved). The first candidate is the default: wi
 and where it fails verification the next candidate that passes takes its place (nothing timed).
 Otherwise the first call of a shape (eager or traced) verifies every candidate against the
 reference and times the survivors once (this synchronizes, once per shape;
-``resnet_fused.cuda.tuning``), and the winner is cached, in the process and on disk. Under
+``resnet_fused.tuning``), and the winner is cached, in the process and on disk. Under
 ``TRITON_INTERPRET=1`` nothing is timed: :func:`interpreter_conv_config` fits one config to the
 shape (and it is verified too).
 """

@@ -30,10 +30,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from .. import poison
+from .. import poison, tuning
 from ..autograd import register_conv_bn_act_autograd
 from ..checks import check_conv_bn_act_args
-from ..cuda import tuning
 from . import configs
 from .configs import ConvConfig
 from .launch import interpreter_fake_launch, is_tracing, launcher, on_device_of
@@ -231,7 +230,7 @@ def _candidates(input, weight, out_sizes) -> tuple[ConvConfig, ...]:
 
 def _verified_config(input, weight, residual, stride, padding, relu, out_sizes, key,
                      candidates) -> ConvConfig:
-    """Runs resnet_fused.cuda.tuning.choose on random data with this call's exact layout (the same
+    """Runs resnet_fused.tuning.choose on random data with this call's exact layout (the same
     kernel specialization), so a config is verified before it can be chosen (see tuning.py)."""
     problem = tuning.ConvProblem.like(input, weight, residual, stride, padding, relu, out_sizes)
     out = torch.empty(out_sizes, dtype=input.dtype, device=input.device,

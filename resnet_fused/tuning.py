@@ -34,7 +34,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from ..testing import ELEMENTWISE_FACTOR, elementwise_error, relative_error
+from .testing import ELEMENTWISE_FACTOR, elementwise_error, relative_error
 
 __all__ = [
     "REJECTED",
@@ -79,8 +79,8 @@ def clear() -> None:
 
 @functools.cache
 def _device_fingerprint(device: torch.device) -> str:
-    from .. import __version__
-    from ..backends import triton_version
+    from . import __version__
+    from .backends import triton_version
 
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -144,7 +144,7 @@ def outside_tracing() -> Iterator[None]:
 
 def wall_timer(fn: Callable[[], object], reps: int = 3) -> float:
     """Median seconds of ``fn()`` by the wall clock (CPU work), after one warm-up."""
-    from ..bench.timing import time_fn  # bench imports the models, which import this module
+    from .bench.timing import time_fn  # bench imports the models, which import this module
 
     return time_fn(fn, "cpu", warmup=1, reps=reps).median
 
@@ -154,7 +154,7 @@ def cuda_timer(fn: Callable[[], object], reps: int = 20,
     """Median seconds of ``fn()`` on ``device``'s current stream (default: the current device):
     bench's CUDA-event timer (3 warm-ups, an untimed L2 flush before each rep, as the benchmarks
     measure)."""
-    from ..bench.timing import time_fn
+    from .bench.timing import time_fn
 
     if device is None or device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -175,6 +175,7 @@ def choose(
     launch: Callable[[T], object] | None = None,
     persist: bool | None = None,
     first_passing: bool = False,
+    elementwise: float | None = None,
 ) -> T:
     """The verified, fastest candidate for ``key`` (see the module docstring).
 
@@ -195,6 +196,8 @@ def choose(
         persist: keep the choice in the disk cache too (default: for CUDA devices).
         first_passing: take the first candidate that passes verification, untimed (the ones
             after it are not even run): a default with fall-through when tuning is off.
+        elementwise: the largest error of any element, as a fraction of the reference's RMS
+            (default ``ELEMENTWISE_FACTOR * bound``); a wrong tile is off by about the RMS.
 
     Raises:
         RuntimeError: when no candidate passes verification (nothing is safe to run).
@@ -208,25 +211,26 @@ def choose(
     # Candidates run, and are timed, on the problem's device, whichever one is current.
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         return _verify_and_time(namespace, key, candidates, run, reference, bound, device, name,
-                                timer, fingerprint, launch, persist, first_passing)
+                                timer, fingerprint, launch, persist, first_passing,
+                                ELEMENTWISE_FACTOR * bound if elementwise is None else elementwise)
 
 
-def _failure(out: Tensor, again: Tensor, ref: Tensor, bound: float) -> str:
+def _failure(out: Tensor, again: Tensor, ref: Tensor, bound: float, elementwise: float) -> str:
     """Why a candidate's two outputs (``out``, ``again``: two runs on the same data) fail, or ""."""
     err = relative_error(out, ref)
     if not err <= bound:  # NaN/inf never passes
         return f"relative error {err:.3e} > bound {bound:.1e}"
     worst = elementwise_error(out, ref)
-    if not worst <= ELEMENTWISE_FACTOR * bound:
-        return (f"worst element off by {worst:.3e} x the reference's RMS > {ELEMENTWISE_FACTOR:g}"
-                f" x bound (a wrong tile?)")
+    if not worst <= elementwise:
+        return (f"worst element off by {worst:.3e} x the reference's RMS > {elementwise:.1e} "
+                "(a wrong tile?)")
     if not torch.equal(out, again):
         return "two runs on the same data differ (a race? the kernels have no atomics)"
     return ""
 
 
 def _verify_and_time(namespace, key, candidates, run, reference, bound, device, name, timer,
-                     fingerprint, launch, persist, first_passing):
+                     fingerprint, launch, persist, first_passing, elementwise):
     shape_key = repr(tuple(key))
     ref = reference()
     passed = []
@@ -234,7 +238,7 @@ def _verify_and_time(namespace, key, candidates, run, reference, bound, device, 
         try:
             # `run` may hand back the same buffer each time: keep the first result apart.
             out = run(cand).clone()
-            reason = _failure(out, run(cand), ref, bound)
+            reason = _failure(out, run(cand), ref, bound, elementwise)
         except Exception as e:  # a launch failure (e.g. out of shared memory) drops the candidate
             reason = f"raised {type(e).__name__}: {e}"
         if not reason:
@@ -312,7 +316,7 @@ class ConvProblem:
     @classmethod
     def like(cls, input: Tensor, weight: Tensor, residual: Tensor | None, stride, padding,
              relu: bool, out_sizes) -> ConvProblem:
-        from ..testing import random_bn_params
+        from .testing import random_bn_params
 
         gen = torch.Generator(device=input.device).manual_seed(0)
         c, r, s = weight.shape[1:]
@@ -331,8 +335,8 @@ class ConvProblem:
     def reference(self) -> Tensor:
         """The reference composition: float64 on CPU; on a GPU fp32 with TF32 off (its error,
         ~1e-6, is far below every GPU bound, and fp64 convs there would take seconds)."""
-        from ..reference import conv_bn_act_reference
-        from ..testing import no_tf32
+        from .reference import conv_bn_act_reference
+        from .testing import no_tf32
 
         ref_dt = torch.float64 if self.x.device.type == "cpu" else torch.float32
         with no_tf32():
@@ -343,7 +347,7 @@ class ConvProblem:
 
     @property
     def bound(self) -> float:
-        from ..testing import tolerance
+        from .testing import tolerance
 
         return tolerance(self.x.dtype, "op", self.x.device)
 
