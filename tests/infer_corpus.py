@@ -135,3 +135,21 @@ def random_checkpoint(path: str, arch: str = "resnet18", num_classes: int = 10,
         model.fc.bias.copy_(torch.randn(num_classes, generator=generator))
     torch.save(model.state_dict(), path)
     return path
+
+
+def crash_on_write(monkeypatch, n: int):
+    """Makes the job's n-th batch write raise KeyboardInterrupt, as a Ctrl-C or a dying process
+    would stop the loop there (the n-1 batches before it are kept). Returns a function that puts
+    the real write back."""
+    from resnet_fused.infer.parts import PartWriter
+
+    real_write, calls = PartWriter.write, []
+
+    def write(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartWriter, "write", write)
+    return lambda: monkeypatch.setattr(PartWriter, "write", real_write)

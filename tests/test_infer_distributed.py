@@ -11,10 +11,9 @@ import sys
 
 import pytest
 import torch
-from infer_corpus import bad_corpus, good_corpus, random_checkpoint
+from infer_corpus import bad_corpus, crash_on_write, good_corpus, random_checkpoint
 
 from resnet_fused.infer import extract, predict
-from resnet_fused.infer.parts import PartWriter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
@@ -73,15 +72,7 @@ def test_two_ranks_resume_a_crashed_single_process_job(data, tmp_path, monkeypat
     extract([data["photos"]], data["ckpt"], whole, **kwargs)
 
     out = tmp_path / "out.npy"
-    real_write, calls = PartWriter.write, []
-
-    def crash_on_fourth_batch(self, *args, **kw):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_write(self, *args, **kw)
-
-    monkeypatch.setattr(PartWriter, "write", crash_on_fourth_batch)
+    crash_on_write(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         extract([data["photos"]], data["ckpt"], out, **kwargs)
     monkeypatch.undo()

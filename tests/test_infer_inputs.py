@@ -304,28 +304,29 @@ def test_a_batch_packs_its_images_into_a_few_tensors(bad, generator):
 
 def test_a_worker_gone_mid_handshake_prints_no_traceback():
     """Ctrl-C or the loader's shutdown can stop a worker while the main process's fd-sharing
-    thread talks to it: that thread's "connection reset" is not the user's problem; any other
-    thread error still is."""
-    import threading
-
+    thread talks to it: that thread's "connection reset" (reported through sys.excepthook) is not
+    the user's problem; any other error still is."""
     from resnet_fused.infer.loader import _quiet_when_a_worker_is_gone
 
-    def raised_in(filename: str, exc: BaseException) -> threading.ExceptHookArgs:
+    def raised_in(filename: str, exc: BaseException) -> tuple:
         code = compile("def serve(e):\n    raise e\n", filename, "exec")
         scope: dict = {}
         exec(code, scope)
         try:
             scope["serve"](exc)
         except BaseException as e:
-            return threading.ExceptHookArgs([type(e), e, e.__traceback__, None])
+            return type(e), e, e.__traceback__
         raise AssertionError("not raised")
 
     sharer = "/usr/lib/python3/multiprocessing/resource_sharer.py"
     reported = []  # what the hook before it (Python's, which prints the traceback) was given
-    for args in (raised_in(sharer, ConnectionResetError(104, "reset by peer")),
-                 raised_in(sharer, ValueError("something else")),
-                 raised_in("/app/mine.py", ConnectionResetError(104, "reset"))):
-        _quiet_when_a_worker_is_gone(args, _previous=reported.append)
-    assert [type(a.exc_value).__name__ for a in reported] == ["ValueError",
-                                                              "ConnectionResetError"]
-    assert str(reported[0].exc_value) == "something else"
+
+    def previous(*exc_info):
+        reported.append(exc_info[1])
+
+    for exc_info in (raised_in(sharer, ConnectionResetError(104, "reset by peer")),
+                     raised_in(sharer, ValueError("something else")),
+                     raised_in("/app/mine.py", ConnectionResetError(104, "reset"))):
+        _quiet_when_a_worker_is_gone(*exc_info, _previous=previous)
+    assert [type(e).__name__ for e in reported] == ["ValueError", "ConnectionResetError"]
+    assert str(reported[0]) == "something else"

@@ -16,7 +16,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from infer_corpus import LISTED, WORKS, bad_corpus, good_corpus, random_checkpoint
+from infer_corpus import (
+    LISTED,
+    WORKS,
+    bad_corpus,
+    crash_on_write,
+    good_corpus,
+    random_checkpoint,
+)
 
 import resnet_fused
 from resnet_fused.__main__ import main
@@ -31,7 +38,6 @@ from resnet_fused.infer import (
     read_features,
 )
 from resnet_fused.infer.decode import decode_pil, read_bytes
-from resnet_fused.infer.parts import PartWriter
 from resnet_fused.testing import relative_error, tolerance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -365,18 +371,10 @@ def test_resume_after_a_crash_gives_the_uninterrupted_output(data, tmp_path, mon
     paths = [*data["good"], data["bad"]["empty"]]
     extract(paths, data["ckpt"], tmp_path / "whole.npy", **FAST)
 
-    real_write, calls = PartWriter.write, []
-
-    def crash_on_third_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as a Ctrl-C or a dying process would stop the loop
-        return real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(PartWriter, "write", crash_on_third_batch)
+    restore = crash_on_write(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         extract(paths, data["ckpt"], tmp_path / "resumed.npy", **FAST)
-    monkeypatch.setattr(PartWriter, "write", real_write)
+    restore()
     assert (tmp_path / "resumed.npy.parts").is_dir() and not (tmp_path / "resumed.npy").exists()
     with pytest.raises(JobError, match="partial job with other settings"):
         extract(paths, data["ckpt"], tmp_path / "resumed.npy", dtype="bfloat16", **FAST)
@@ -395,18 +393,10 @@ def test_resume_after_a_crash_gives_the_uninterrupted_output(data, tmp_path, mon
 def test_a_file_changed_between_a_crash_and_the_rerun_is_recomputed(data, tmp_path,
                                                                     monkeypatch):
     photos = good_corpus(str(tmp_path / "photos"), count=8)
-    real_write, calls = PartWriter.write, []
-
-    def crash_on_second_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(PartWriter, "write", crash_on_second_batch)
+    restore = crash_on_write(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         extract(photos, data["ckpt"], tmp_path / "f.npy", **FAST)
-    monkeypatch.setattr(PartWriter, "write", real_write)
+    restore()
     _rewrite(photos[1], photos[7])  # finished in the first batch, then replaced
     summary = extract(photos, data["ckpt"], tmp_path / "f.npy", **FAST)
     assert summary.changed == [photos[1]] and summary.resumed == FAST["batch_size"] - 1

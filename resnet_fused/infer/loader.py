@@ -12,7 +12,7 @@ runs it (see :mod:`.distributed`).
 
 from __future__ import annotations
 
-import threading
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -153,26 +153,26 @@ _SHARER = "multiprocessing/resource_sharer.py"
 _PEER_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, EOFError)
 
 
-def _quiet_when_a_worker_is_gone(args: threading.ExceptHookArgs,
-                                 _previous=threading.excepthook) -> None:
-    """``threading.excepthook`` without one harmless traceback: the main process's thread that
-    hands tensors' file descriptors to the DataLoader workers reports "connection reset by peer"
-    when a worker is stopped mid-handshake (Ctrl-C, the loader's shutdown). The job sees a dead
-    worker through the DataLoader itself; anything else is reported as before."""
-    tb, frames = args.exc_traceback, []
-    while tb is not None:
-        frames.append(tb.tb_frame.f_code.co_filename.replace("\\", "/"))
-        tb = tb.tb_next
-    if issubclass(args.exc_type, _PEER_GONE) and any(f.endswith(_SHARER) for f in frames):
+def _quiet_when_a_worker_is_gone(exc_type, exc, tb, _previous=sys.excepthook) -> None:
+    """``sys.excepthook`` without one harmless traceback: the main process's thread that hands
+    tensors' file descriptors to the DataLoader workers (multiprocessing's resource sharer, which
+    reports its errors through ``sys.excepthook``) prints "connection reset by peer" when a worker
+    is stopped mid-handshake (Ctrl-C, the loader's shutdown). The job sees a dead worker through
+    the DataLoader itself; anything else is reported as before."""
+    frames, where = [], tb
+    while where is not None:
+        frames.append(where.tb_frame.f_code.co_filename.replace("\\", "/"))
+        where = where.tb_next
+    if issubclass(exc_type, _PEER_GONE) and any(f.endswith(_SHARER) for f in frames):
         return
-    _previous(args)
+    _previous(exc_type, exc, tb)
 
 
 def make_loader(dataset: ImageFiles, batches: Sequence[Sequence[int]], workers: int,
                 pin_memory: bool, prefetch: int = 4) -> DataLoader:
     """Loader over ``batches`` (lists of dataset indices), ``prefetch`` batches ahead per worker."""
-    if workers > 0 and threading.excepthook is not _quiet_when_a_worker_is_gone:
+    if workers > 0 and sys.excepthook is not _quiet_when_a_worker_is_gone:
         # Not restored: the sharing thread's errors can come as late as interpreter exit.
-        threading.excepthook = _quiet_when_a_worker_is_gone
+        sys.excepthook = _quiet_when_a_worker_is_gone
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory, prefetch_factor=prefetch if workers > 0 else None)
