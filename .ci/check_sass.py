@@ -5,7 +5,9 @@ instructions (``HMMA`` = mma.sync, ``HGMMA`` = Hopper warpgroup MMA) and local-m
 (``LDL``/``STL``: register spills or stack arrays, slow on every GPU). Fails when
 
 - an architecture's conv kernels have no ``HMMA`` at all (the tensor-core path was compiled out),
-- ``--require-hgmma ARCH`` is given and no kernel of that architecture has ``HGMMA``,
+- ``--require-hgmma ARCH`` is given and no kernel of that architecture has ``HGMMA``, or one of
+  its CUTLASS kernels (the implicit-GEMM conv, ``ConvUniversal``, and the persistent 1x1 GEMM,
+  ``GemmUniversal``) has none: each must run on warpgroup MMAs,
 - any kernel touches local memory.
 
 cuobjdump is not in this machine's CUDA install; Triton's wheel bundles one, which is used when
@@ -101,6 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     for arch in args.require_hgmma:
         if not by_arch.get(arch, collections.Counter())["HGMMA"]:
             failures.append(f"{arch}: no HGMMA (warpgroup MMA) in any kernel")
+        cutlass = {kind: [k for (a, k) in stats if a == arch and kind in k]
+                   for kind in ("ConvUniversal", "GemmUniversal")}
+        for kind, kernels in cutlass.items():
+            print(f"   {arch}: {len(kernels)} CUTLASS {kind} kernels, "
+                  f"{sum(1 for k in kernels if stats[(arch, k)]['HGMMA'])} with HGMMA")
+            if not kernels:
+                failures.append(f"{arch}: no CUTLASS {kind} kernel in the build")
+            failures += [f"{arch} {names[k][:150]}: a CUTLASS {kind} kernel without HGMMA"
+                         for k in kernels if not stats[(arch, k)]["HGMMA"]]
     for f in failures:
         print(f"FAIL: {f}")
     return 1 if failures else 0

@@ -29,9 +29,14 @@ CONFIGS = {
     "128x128x64_c1x1": (128, 128, 64, 1, 1, True),
     "128x64x64_c1x1": (128, 64, 64, 1, 1, True),
     "128x64x16_c1x1": (128, 64, 16, 1, 1, True),
+    "gemm_128x128x64_pingpong": (128, 128, 64, 1, 1, True),
+    "gemm_256x128x64_c1x2_coop": (256, 128, 64, 1, 2, True),
 }
+# The configurations that are CUTLASS's persistent GEMM (1x1 stride-1 convs only).
+GEMMS = {"gemm_128x128x64_pingpong", "gemm_256x128x64_c1x2_coop"}
 CANDIDATES = {
-    "1x1": ["128x128x64_c1x1", "128x128x64_c2x1", "128x64x64_c1x1"],
+    "1x1": ["128x128x64_c1x1", "128x128x64_c2x1", "128x64x64_c1x1", "gemm_128x128x64_pingpong",
+            "gemm_256x128x64_c1x2_coop"],
     "1x1_strided": ["128x128x64_c1x1", "128x64x64_c1x1"],
     "3x3": ["128x128x64_c1x1", "128x128x64_c2x1", "128x64x64_c1x1"],
     "stem": ["128x64x16_c1x1"],
@@ -75,7 +80,8 @@ def expected_plan(input_size, weight_size, stride, padding, residual, relu, conf
     p, q = (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
     eb = 2
     return {
-        "ok": 1, "family": fam, "config": name, "tile": (tm, tn, tk), "cluster": (cm, cn),
+        "ok": 1, "family": fam, "config": name, "gemm": int(name in GEMMS), "tile": (tm, tn, tk),
+        "cluster": (cm, cn),
         "residual": int(residual), "relu": int(relu), "element_bytes": eb,
         "c_padded": cp, "pad_channels": int(cp != c),
         "act_shape": (n, h, w, cp), "act_stride": (h * w * cp, w * cp, cp, 1),
@@ -155,6 +161,27 @@ def test_every_candidate_config_of_each_family(fam_shape):
     for name in set(CONFIGS) - set(CANDIDATES[fam]):  # outside the family: refused, with why
         got = plan(x, w, stride, padding, config=name)
         assert got["ok"] == 0 and "not a candidate" in got["why"] and fam in got["why"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_every_resnet_1x1_conv_plans_as_a_persistent_gemm(dtype):
+    """The GEMM path's host plan on every 1x1 stride-1 conv of the ResNet family (batch 1 and
+    256, with and without the residual): M = pixels, N = C_out, K = C_in, dense row-major
+    operands; the strided 1x1 convs and padded ones stay on the conv kernel."""
+    ones = [s for s in RESNET_SHAPES if s[1][2:] == (1, 1) and tuple(s[2]) == (1, 1)]
+    assert len({(x, w) for x, w, *_ in ones}) >= 10
+    for x, w, stride, padding, residual in ones:
+        for name in sorted(GEMMS):
+            got = plan(x, w, stride, padding, dtype=dtype, residual=residual, config=name)
+            assert got == expected_plan(x, w, stride, padding, residual, True, config=name)
+            n, c, h, wd = x
+            assert got["gemm"] == 1 and got["gemm_mnk"] == (n * h * wd, w[0], c)
+    for x, w, stride, padding in (((8, 512, 28, 28), (1024, 512, 1, 1), (2, 2), (0, 0)),
+                                  ((2, 64, 9, 9), (64, 64, 1, 1), (1, 1), (1, 1))):
+        for name in sorted(GEMMS):
+            got = plan(x, w, stride, padding, config=name)
+            assert got["ok"] == 0 and ("not a candidate" in got["why"]
+                                       or "1x1 filters with stride 1 and no padding" in got["why"])
 
 
 # Edge shapes: (input, weight, stride, padding, residual, relu)

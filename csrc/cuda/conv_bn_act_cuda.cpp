@@ -246,7 +246,7 @@ at::Tensor aligned_vector(const at::Tensor& t) {
 }
 
 #ifdef RESNET_FUSED_WITH_SM90
-static_assert(sm90::kNumConfigs == 4, "one csrc/sm90/cutlass_conv_config<i>.cu per configuration");
+static_assert(sm90::kNumConfigs == 6, "one csrc/sm90/cutlass_conv_config<i>.cu per configuration");
 
 const char* sm90_launch(const sm90::ConvPlan& plan, const sm90::ConvPointers& ptrs,
                         cudaStream_t stream) {
@@ -255,6 +255,8 @@ const char* sm90_launch(const sm90::ConvPlan& plan, const sm90::ConvPointers& pt
     case 1: return sm90::launch_config<1>(plan, ptrs, stream);
     case 2: return sm90::launch_config<2>(plan, ptrs, stream);
     case 3: return sm90::launch_config<3>(plan, ptrs, stream);
+    case 4: return sm90::launch_config<4>(plan, ptrs, stream);
+    case 5: return sm90::launch_config<5>(plan, ptrs, stream);
     default: return "sm90_cutlass: no such configuration";
   }
 }

@@ -11,7 +11,7 @@ namespace sm90 {
 namespace {
 
 // Family candidates (indices into kConfigs), the default first.
-constexpr int kCandidates1x1[] = {1, 0, 2};
+constexpr int kCandidates1x1[] = {1, 0, 2, 4, 5};
 constexpr int kCandidates1x1Strided[] = {1, 2};
 constexpr int kCandidates3x3[] = {1, 0, 2};
 constexpr int kCandidatesStem[] = {3};
@@ -173,6 +173,7 @@ ConvPlan plan_conv(const ConvProblem& p, int config) {
   }
   plan.config = config;
   const TileConfig& cfg = kConfigs[config];
+  plan.gemm = cfg.gemm;
   if (p.residual && !cfg.residual_variant) {
     fail(plan, "configuration %s is built without a residual epilogue", cfg.name);
     return plan;
@@ -218,6 +219,12 @@ ConvPlan plan_conv(const ConvProblem& p, int config) {
   if (plan.gemm_m > kInt32Max || plan.gemm_k > kInt32Max) {
     fail(plan, "GEMM extents M = N*P*Q = %lld, K = R*S*C = %lld exceed CUTLASS's 32-bit problem "
          "shape", static_cast<long long>(plan.gemm_m), static_cast<long long>(plan.gemm_k));
+    return plan;
+  }
+  if (plan.gemm && (p.r != 1 || p.s != 1 || p.stride_h != 1 || p.stride_w != 1 ||
+                    p.pad_h != 0 || p.pad_w != 0)) {
+    fail(plan, "configuration %s is a GEMM: 1x1 filters with stride 1 and no padding only",
+         cfg.name);
     return plan;
   }
   plan.k_tiles = p.r * p.s * ceil_div(plan.c_padded, cfg.tile_k);

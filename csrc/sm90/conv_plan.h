@@ -25,12 +25,16 @@ namespace sm90 {
 
 // One kernel configuration: CTA tile (M = output pixels, N = output channels, K = reduction
 // slice) and thread-block cluster. Each is instantiated for fp16 and bf16, without a residual
-// and (when `residual_variant`) with one, in csrc/sm90/cutlass_conv_config<i>.cu.
+// and (when `residual_variant`) with one, in csrc/sm90/cutlass_conv_config<i>.cu. `gemm`: not
+// the implicit-GEMM conv kernel but CUTLASS's persistent GEMM (cutlass_gemm.cuh), for 1x1
+// stride-1 convs only, with the pingpong schedule (`pingpong`) or the cooperative one.
 struct TileConfig {
   const char* name;
   int tile_m, tile_n, tile_k;
   int cluster_m, cluster_n;
   bool residual_variant;
+  bool gemm = false;
+  bool pingpong = false;
 };
 
 // The configurations, by index. Changing this table changes what is compiled: keep it small
@@ -43,11 +47,19 @@ struct TileConfig {
 //      where a 64-wide slice over a handful of channels would be mostly zeros. With a residual
 //      variant too: the stem has none, but every narrow conv the family takes may (C_in = 16
 //      with a skip path), and the family has no other configuration to fall back on.
+//   4: 1x1 stride-1 convs (two thirds of ResNet-50's memory-bound time) as a persistent pingpong
+//      GEMM: two consumer warpgroups alternate tiles, so one's epilogue (and the residual's TMA
+//      load) overlaps the other's MMAs; one CTA per SM walks the tiles in swizzled order.
+//   5: the same as a cooperative 256x128 GEMM with a 1x2 cluster: the two CTAs of a cluster
+//      compute neighbouring output-channel tiles of the same pixels and multicast the activation
+//      tile, so each activation is read from L2/DRAM once per pair (C_out >= 256 layers).
 inline constexpr TileConfig kConfigs[] = {
     {"128x128x64_c2x1", 128, 128, 64, 2, 1, true},
     {"128x128x64_c1x1", 128, 128, 64, 1, 1, true},
     {"128x64x64_c1x1", 128, 64, 64, 1, 1, true},
     {"128x64x16_c1x1", 128, 64, 16, 1, 1, true},
+    {"gemm_128x128x64_pingpong", 128, 128, 64, 1, 1, true, true, true},
+    {"gemm_256x128x64_c1x2_coop", 256, 128, 64, 1, 2, true, true, false},
 };
 inline constexpr int kNumConfigs = static_cast<int>(sizeof(kConfigs) / sizeof(kConfigs[0]));
 
@@ -87,6 +99,7 @@ struct ConvPlan {
 
   Family family = Family::kConv3x3;
   int config = -1;  // index into kConfigs
+  bool gemm = false;  // kConfigs[config].gemm: the persistent GEMM kernel (cutlass_gemm.cuh)
   cuda::DType dtype = cuda::DType::kBFloat16;
   bool residual = false;
   bool relu = false;

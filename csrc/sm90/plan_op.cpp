@@ -76,6 +76,7 @@ std::vector<std::string> plan_op(at::IntArrayRef input_size, at::IntArrayRef wei
   const TileConfig& cfg = kConfigs[plan.config];
   add("family", family_name(plan.family));
   add("config", cfg.name);
+  add("gemm", plan.gemm ? "1" : "0");
   add("tile", join({cfg.tile_m, cfg.tile_n, cfg.tile_k}));
   add("cluster", join({cfg.cluster_m, cfg.cluster_n}));
   add("residual", plan.residual ? "1" : "0");

@@ -1,0 +1,173 @@
+// The sm_90a fused 1x1 stride-1 conv as a true GEMM on CUTLASS 3.x's persistent kernels:
+//     out[M, N] = act(scale[n] * (A[M, K] . B[N, K]^T) + shift[n] (+ residual[M, N]))
+// with M = N*H*W pixels, N = C_out, K = C_in (NHWC activations and KC filters are both K-major,
+// CUTLASS's "TN" layout). Unlike the conv kernel (cutlass_conv.cuh), whose only sm90 schedule is
+// non-persistent, these kernels keep one CTA per SM looping over output tiles (the persistent tile
+// scheduler, which walks tiles in a swizzled order so neighbouring CTAs share activation rows in
+// L2), and the epilogue's producer warp loads the residual (source C) by TMA while the mainloop
+// of the next tile runs: the pingpong schedule alternates two consumer warpgroups, so one's
+// epilogue overlaps the other's MMAs; the cooperative one splits a taller tile between them.
+//
+// The epilogue visitor tree is the conv's (ConvKernel in cutlass_conv.cuh): same math, same
+// rounding, same NaN behaviour. Included only by the per-configuration translation units
+// (cutlass_conv_config<i>.cu of the configurations with TileConfig::gemm set).
+#pragma once
+
+#include "cutlass_conv.cuh"
+
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/gemm/kernel/tile_scheduler.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+namespace resnet_fused {
+namespace sm90 {
+namespace detail {
+
+template <class Element, int Config, bool kResidual>
+struct GemmKernel {
+  static constexpr TileConfig kCfg = kConfigs[Config];
+  static_assert(kCfg.gemm, "GemmKernel takes the GEMM configurations of kConfigs only");
+  using TileShape = cute::Shape<cute::Int<kCfg.tile_m>, cute::Int<kCfg.tile_n>,
+                                cute::Int<kCfg.tile_k>>;
+  using ClusterShape = cute::Shape<cute::Int<kCfg.cluster_m>, cute::Int<kCfg.cluster_n>, cute::_1>;
+  static constexpr int kAlignment = 128 / cutlass::sizeof_bits<Element>::value;  // 16 bytes
+  using LayoutA = cutlass::layout::RowMajor;     // activations: M x K, K contiguous
+  using LayoutB = cutlass::layout::ColumnMajor;  // filters: K x N with K contiguous (KC rows)
+  using LayoutD = cutlass::layout::RowMajor;     // output and residual: M x N, N contiguous
+  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+  static constexpr bool kPingpong = kCfg.pingpong;
+  using KernelSchedule =
+      cute::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                          cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
+  using EpilogueSchedule =
+      cute::conditional_t<kPingpong, cutlass::epilogue::TmaWarpSpecialized,
+                          cutlass::epilogue::TmaWarpSpecializedCooperative>;
+
+  // The conv's epilogue visitor tree, on the GEMM's tile (N is the output channel).
+  using ChannelVector = cutlass::epilogue::fusion::Sm90RowBroadcast<
+      0, TileShape, float, float, cute::Stride<cute::_0, cute::_1, int64_t>, 4>;
+  using ScaleShift = cutlass::epilogue::fusion::Sm90EVT<  // scale[n] * acc + shift[n]
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float,
+                                             kRound>,
+      ChannelVector, cutlass::epilogue::fusion::Sm90AccFetch, ChannelVector>;
+  using WithResidual = cutlass::epilogue::fusion::Sm90EVT<  // residual + (scale * acc + shift)
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
+      cutlass::epilogue::fusion::Sm90SrcFetch<Element>, ScaleShift>;
+  using Fusion = cutlass::epilogue::fusion::Sm90EVT<
+      cutlass::epilogue::fusion::Sm90Compute<ReluIf, Element, float, kRound>,
+      cute::conditional_t<kResidual, WithResidual, ScaleShift>>;
+  using ElementC = cute::conditional_t<kResidual, Element, void>;
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementC, LayoutD,
+      kAlignment, Element, LayoutD, kAlignment, EpilogueSchedule, Fusion>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kAlignment, Element,
+      LayoutB, kAlignment, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<
+          static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop,
+                                                      Epilogue, cutlass::gemm::PersistentScheduler>;
+  using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+template <class K>
+const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
+  using Element = typename K::Mainloop::ElementA;
+  const int m = static_cast<int>(plan.gemm_m);
+  const int n = static_cast<int>(plan.gemm_n);
+  const int k = static_cast<int>(plan.gemm_k);
+  const auto stride_a = cutlass::make_cute_packed_stride(typename K::Kernel::StrideA{},
+                                                         cute::make_shape(m, k, 1));
+  const auto stride_b = cutlass::make_cute_packed_stride(typename K::Kernel::StrideB{},
+                                                         cute::make_shape(n, k, 1));
+  const auto stride_c = cutlass::make_cute_packed_stride(typename K::Kernel::StrideC{},
+                                                         cute::make_shape(m, n, 1));
+  const auto stride_d = cutlass::make_cute_packed_stride(typename K::Kernel::StrideD{},
+                                                         cute::make_shape(m, n, 1));
+
+  using VectorArgs = typename K::ChannelVector::Arguments;
+  const VectorArgs scale{ptrs.scale, 0.f, {}};
+  const VectorArgs shift{ptrs.shift, 0.f, {}};
+  const typename K::ScaleShift::Arguments scale_shift{scale, {}, shift, {}};
+  typename K::Fusion::Arguments fusion{};
+  const typename ReluIf<float>::Arguments relu{plan.relu};
+  if constexpr (cute::is_same_v<typename K::ElementC, void>) {
+    fusion = {scale_shift, relu};
+  } else {
+    fusion = {{{}, scale_shift, {}}, relu};
+  }
+  using PtrC = cute::conditional_t<cute::is_same_v<typename K::ElementC, void>, void const*,
+                                   Element const*>;
+
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return "sm90_cutlass: cudaGetDevice failed";
+  cutlass::KernelHardwareInfo hw_info;
+  hw_info.device_id = device;
+  hw_info.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+
+  typename K::Op::Arguments args{
+      cutlass::gemm::GemmUniversalMode::kGemm,
+      {m, n, k, 1},
+      {static_cast<Element const*>(ptrs.input), stride_a,
+       static_cast<Element const*>(ptrs.weight), stride_b},
+      {fusion, static_cast<PtrC>(ptrs.residual), stride_c, static_cast<Element*>(ptrs.output),
+       stride_d},
+      hw_info};
+
+  typename K::Op op;
+  if (K::Op::get_workspace_size(args) != 0) {
+    return "sm90_cutlass: this GEMM configuration asks for a workspace, which the binding does "
+           "not allocate";
+  }
+  cutlass::Status status = op.can_implement(args);
+  if (status != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: CUTLASS rejects a GEMM the plan accepted (a plan bug)",
+                         status);
+  }
+  status = op.initialize(args, nullptr, stream);
+  if (status != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: CUTLASS could not initialize the GEMM (TMA descriptors "
+                         "or shared-memory setup)", status);
+  }
+  status = op.run(stream);
+  if (status != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: GEMM launch failed", status);
+  }
+  return nullptr;
+}
+
+template <int Config>
+const char* launch_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
+  const bool bf16 = plan.dtype == cuda::DType::kBFloat16;
+  if (plan.dtype != cuda::DType::kBFloat16 && plan.dtype != cuda::DType::kFloat16) {
+    return "sm90_cutlass: float16 and bfloat16 only";
+  }
+  if (plan.residual) {
+    return bf16 ? run_gemm<GemmKernel<cutlass::bfloat16_t, Config, true>>(plan, ptrs, stream)
+                : run_gemm<GemmKernel<cutlass::half_t, Config, true>>(plan, ptrs, stream);
+  }
+  return bf16 ? run_gemm<GemmKernel<cutlass::bfloat16_t, Config, false>>(plan, ptrs, stream)
+              : run_gemm<GemmKernel<cutlass::half_t, Config, false>>(plan, ptrs, stream);
+}
+
+}  // namespace detail
+}  // namespace sm90
+}  // namespace resnet_fused
+
+// Defines launch_config<I> for a GEMM configuration's translation unit.
+#define RESNET_FUSED_SM90_GEMM_CONFIG_TU(I)                                             \
+  namespace resnet_fused {                                                              \
+  namespace sm90 {                                                                      \
+  template <>                                                                           \
+  const char* launch_config<I>(const ConvPlan& plan, const ConvPointers& ptrs,          \
+                               cudaStream_t stream) {                                   \
+    return detail::launch_gemm<I>(plan, ptrs, stream);                                  \
+  }                                                                                     \
+  }                                                                                     \
+  }
