@@ -61,6 +61,81 @@ struct ReluIf<cutlass::Array<T, N>> {
   }
 };
 
+// The epilogue visitor tree of every sm90 kernel (the conv here, the 1x1 GEMM in
+// cutlass_gemm.cuh): out = act(scale[n] * acc + shift[n] (+ residual)), fp32 math, one rounding.
+// GEMM N is the output channel, so the per-channel vectors are row broadcasts (one value per
+// column), read as 16-byte fp32 vectors; the residual is the source tensor C, or there is no
+// source at all (ElementC = void: nothing is loaded for it).
+template <class Element, class TileShape, bool kResidual>
+struct FusedEpilogue {
+  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+  using ChannelVector = cutlass::epilogue::fusion::Sm90RowBroadcast<
+      0, TileShape, float, float, cute::Stride<cute::_0, cute::_1, int64_t>, 4>;
+  using ScaleShift = cutlass::epilogue::fusion::Sm90EVT<  // scale[n] * acc + shift[n]
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float,
+                                             kRound>,
+      ChannelVector, cutlass::epilogue::fusion::Sm90AccFetch, ChannelVector>;
+  using WithResidual = cutlass::epilogue::fusion::Sm90EVT<  // residual + (scale * acc + shift)
+      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
+      cutlass::epilogue::fusion::Sm90SrcFetch<Element>, ScaleShift>;
+  using Fusion = cutlass::epilogue::fusion::Sm90EVT<
+      cutlass::epilogue::fusion::Sm90Compute<ReluIf, Element, float, kRound>,
+      cute::conditional_t<kResidual, WithResidual, ScaleShift>>;
+  using ElementC = cute::conditional_t<kResidual, Element, void>;
+  using PtrC = cute::conditional_t<kResidual, Element const*, void const*>;
+
+  // The tree's arguments for one call: children first, then each node's own.
+  static typename Fusion::Arguments arguments(const ConvPointers& ptrs, bool relu) {
+    using VectorArgs = typename ChannelVector::Arguments;
+    const VectorArgs scale{ptrs.scale, 0.f, {}};
+    const VectorArgs shift{ptrs.shift, 0.f, {}};
+    const typename ScaleShift::Arguments scale_shift{scale, {}, shift, {}};
+    const typename ReluIf<float>::Arguments act{relu};
+    if constexpr (kResidual) {
+      return {{{}, scale_shift, {}}, act};
+    } else {
+      return {scale_shift, act};
+    }
+  }
+};
+
+// CUTLASS's adapter reads (and so clears) the CUDA error itself before it returns a failed
+// Status: the message says CUTLASS's status, and a CUDA error only if one is still pending.
+inline const char* error_message(const char* what, cutlass::Status status) {
+  thread_local char buf[320];
+  const cudaError_t err = cudaGetLastError();
+  std::snprintf(buf, sizeof(buf), "%s (CUTLASS: %s%s%s)", what,
+                cutlass::cutlassGetStatusString(status), err == cudaSuccess ? "" : "; CUDA: ",
+                err == cudaSuccess ? "" : cudaGetErrorString(err));
+  return buf;
+}
+
+// Checks, initializes and launches a CUTLASS device operator (conv or GEMM adapter) on `stream`;
+// nullptr or what failed.
+template <class Op>
+const char* launch_op(const typename Op::Arguments& args, cudaStream_t stream) {
+  Op op;
+  if (Op::get_workspace_size(args) != 0) {
+    return "sm90_cutlass: this configuration asks for a workspace, which the binding does not "
+           "allocate";
+  }
+  cutlass::Status status = op.can_implement(args);
+  if (status != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: CUTLASS rejects a problem the plan accepted (a plan bug)",
+                         status);
+  }
+  status = op.initialize(args, nullptr, stream);
+  if (status != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: CUTLASS could not initialize the kernel (TMA "
+                         "descriptors or shared-memory setup)", status);
+  }
+  status = op.run(stream);
+  if (status != cutlass::Status::kSuccess) {
+    return error_message("sm90_cutlass: kernel launch failed", status);
+  }
+  return nullptr;
+}
+
 // The kernel of configuration `Config` (kConfigs[Config]) for `Element` (half_t or bfloat16_t),
 // with the residual as the epilogue's source tensor C or without any source.
 template <class Element, int Config, bool kResidual>
@@ -71,24 +146,9 @@ struct ConvKernel {
   using ClusterShape = cute::Shape<cute::Int<kCfg.cluster_m>, cute::Int<kCfg.cluster_n>, cute::_1>;
   static constexpr int kAlignment = 128 / cutlass::sizeof_bits<Element>::value;  // 16 bytes
   using Layout = cutlass::layout::TensorNHWC;  // NHWC activations, KRSC filters, NPQK output
-  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
-
-  // The epilogue visitor tree. GEMM N is the output channel, so the per-channel vectors are
-  // row broadcasts (one value per column), read as 16-byte fp32 vectors.
-  using ChannelVector = cutlass::epilogue::fusion::Sm90RowBroadcast<
-      0, TileShape, float, float, cute::Stride<cute::_0, cute::_1, int64_t>, 4>;
-  using ScaleShift = cutlass::epilogue::fusion::Sm90EVT<  // scale[k] * acc + shift[k]
-      cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float,
-                                             kRound>,
-      ChannelVector, cutlass::epilogue::fusion::Sm90AccFetch, ChannelVector>;
-  using WithResidual = cutlass::epilogue::fusion::Sm90EVT<  // residual + (scale * acc + shift)
-      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
-      cutlass::epilogue::fusion::Sm90SrcFetch<Element>, ScaleShift>;
-  using Fusion = cutlass::epilogue::fusion::Sm90EVT<
-      cutlass::epilogue::fusion::Sm90Compute<ReluIf, Element, float, kRound>,
-      cute::conditional_t<kResidual, WithResidual, ScaleShift>>;
-  // No residual: no source tensor at all (ElementC = void), so nothing is loaded for it.
-  using ElementC = cute::conditional_t<kResidual, Element, void>;
+  using Tree = FusedEpilogue<Element, TileShape, kResidual>;
+  using Fusion = typename Tree::Fusion;
+  using ElementC = typename Tree::ElementC;
 
   // The epilogue schedule is named (the automatic choice has no fusion support) and matches the
   // non-persistent kernel schedule, the only one CUTLASS's sm90 conv kernel takes.
@@ -106,17 +166,6 @@ struct ConvKernel {
   using Kernel = cutlass::conv::kernel::ConvUniversal<Problem, Mainloop, Epilogue>;
   using Op = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
 };
-
-// CUTLASS's adapter reads (and so clears) the CUDA error itself before it returns a failed
-// Status: the message says CUTLASS's status, and a CUDA error only if one is still pending.
-inline const char* error_message(const char* what, cutlass::Status status) {
-  thread_local char buf[320];
-  const cudaError_t err = cudaGetLastError();
-  std::snprintf(buf, sizeof(buf), "%s (CUTLASS: %s%s%s)", what,
-                cutlass::cutlassGetStatusString(status), err == cudaSuccess ? "" : "; CUDA: ",
-                err == cudaSuccess ? "" : cudaGetErrorString(err));
-  return buf;
-}
 
 // CUTLASS's problem, built from the plan.
 template <class K>
@@ -159,46 +208,12 @@ const char* run(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t str
   cute::get<0, 1>(stride_c) = plan.epi_stride_qpn[1];
   cute::get<0, 2>(stride_c) = plan.epi_stride_qpn[2];
 
-  // Epilogue visitor-tree arguments: children first, then the node's own (see ConvKernel).
-  using VectorArgs = typename K::ChannelVector::Arguments;
-  const VectorArgs scale{ptrs.scale, 0.f, {}};
-  const VectorArgs shift{ptrs.shift, 0.f, {}};
-  const typename K::ScaleShift::Arguments scale_shift{scale, {}, shift, {}};
-  typename K::Fusion::Arguments fusion{};
-  const typename ReluIf<float>::Arguments relu{plan.relu};
-  if constexpr (cute::is_same_v<typename K::ElementC, void>) {
-    fusion = {scale_shift, relu};
-  } else {
-    fusion = {{{}, scale_shift, {}}, relu};
-  }
-  using PtrC = cute::conditional_t<cute::is_same_v<typename K::ElementC, void>, void const*,
-                                   Element const*>;
   typename K::Op::Arguments args{
       problem,
       {static_cast<Element const*>(ptrs.input), static_cast<Element const*>(ptrs.weight)},
-      {fusion, static_cast<PtrC>(ptrs.residual), stride_c,
-       static_cast<Element*>(ptrs.output), stride_d}};
-
-  typename K::Op op;
-  if (K::Op::get_workspace_size(args) != 0) {
-    return "sm90_cutlass: this configuration asks for a workspace, which the binding does not "
-           "allocate";
-  }
-  cutlass::Status status = op.can_implement(args);
-  if (status != cutlass::Status::kSuccess) {
-    return error_message("sm90_cutlass: CUTLASS rejects a problem the plan accepted (a plan bug)",
-                         status);
-  }
-  status = op.initialize(args, nullptr, stream);
-  if (status != cutlass::Status::kSuccess) {
-    return error_message("sm90_cutlass: CUTLASS could not initialize the kernel (TMA "
-                         "descriptors or shared-memory setup)", status);
-  }
-  status = op.run(stream);
-  if (status != cutlass::Status::kSuccess) {
-    return error_message("sm90_cutlass: kernel launch failed", status);
-  }
-  return nullptr;
+      {K::Tree::arguments(ptrs, plan.relu), static_cast<typename K::Tree::PtrC>(ptrs.residual),
+       stride_c, static_cast<Element*>(ptrs.output), stride_d}};
+  return launch_op<typename K::Op>(args, stream);
 }
 
 template <int Config>

@@ -37,7 +37,6 @@ struct GemmKernel {
   using LayoutA = cutlass::layout::RowMajor;     // activations: M x K, K contiguous
   using LayoutB = cutlass::layout::ColumnMajor;  // filters: K x N with K contiguous (KC rows)
   using LayoutD = cutlass::layout::RowMajor;     // output and residual: M x N, N contiguous
-  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
   static constexpr bool kPingpong = kCfg.pingpong;
   using KernelSchedule =
       cute::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
@@ -46,20 +45,10 @@ struct GemmKernel {
       cute::conditional_t<kPingpong, cutlass::epilogue::TmaWarpSpecialized,
                           cutlass::epilogue::TmaWarpSpecializedCooperative>;
 
-  // The conv's epilogue visitor tree, on the GEMM's tile (N is the output channel).
-  using ChannelVector = cutlass::epilogue::fusion::Sm90RowBroadcast<
-      0, TileShape, float, float, cute::Stride<cute::_0, cute::_1, int64_t>, 4>;
-  using ScaleShift = cutlass::epilogue::fusion::Sm90EVT<  // scale[n] * acc + shift[n]
-      cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, float, float,
-                                             kRound>,
-      ChannelVector, cutlass::epilogue::fusion::Sm90AccFetch, ChannelVector>;
-  using WithResidual = cutlass::epilogue::fusion::Sm90EVT<  // residual + (scale * acc + shift)
-      cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, float, float, kRound>,
-      cutlass::epilogue::fusion::Sm90SrcFetch<Element>, ScaleShift>;
-  using Fusion = cutlass::epilogue::fusion::Sm90EVT<
-      cutlass::epilogue::fusion::Sm90Compute<ReluIf, Element, float, kRound>,
-      cute::conditional_t<kResidual, WithResidual, ScaleShift>>;
-  using ElementC = cute::conditional_t<kResidual, Element, void>;
+  // The conv's epilogue visitor tree (cutlass_conv.cuh), on the GEMM's tile.
+  using Tree = FusedEpilogue<Element, TileShape, kResidual>;
+  using Fusion = typename Tree::Fusion;
+  using ElementC = typename Tree::ElementC;
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -91,20 +80,6 @@ const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_
   const auto stride_d = cutlass::make_cute_packed_stride(typename K::Kernel::StrideD{},
                                                          cute::make_shape(m, n, 1));
 
-  using VectorArgs = typename K::ChannelVector::Arguments;
-  const VectorArgs scale{ptrs.scale, 0.f, {}};
-  const VectorArgs shift{ptrs.shift, 0.f, {}};
-  const typename K::ScaleShift::Arguments scale_shift{scale, {}, shift, {}};
-  typename K::Fusion::Arguments fusion{};
-  const typename ReluIf<float>::Arguments relu{plan.relu};
-  if constexpr (cute::is_same_v<typename K::ElementC, void>) {
-    fusion = {scale_shift, relu};
-  } else {
-    fusion = {{{}, scale_shift, {}}, relu};
-  }
-  using PtrC = cute::conditional_t<cute::is_same_v<typename K::ElementC, void>, void const*,
-                                   Element const*>;
-
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return "sm90_cutlass: cudaGetDevice failed";
   cutlass::KernelHardwareInfo hw_info;
@@ -116,30 +91,10 @@ const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_
       {m, n, k, 1},
       {static_cast<Element const*>(ptrs.input), stride_a,
        static_cast<Element const*>(ptrs.weight), stride_b},
-      {fusion, static_cast<PtrC>(ptrs.residual), stride_c, static_cast<Element*>(ptrs.output),
-       stride_d},
+      {K::Tree::arguments(ptrs, plan.relu), static_cast<typename K::Tree::PtrC>(ptrs.residual),
+       stride_c, static_cast<Element*>(ptrs.output), stride_d},
       hw_info};
-
-  typename K::Op op;
-  if (K::Op::get_workspace_size(args) != 0) {
-    return "sm90_cutlass: this GEMM configuration asks for a workspace, which the binding does "
-           "not allocate";
-  }
-  cutlass::Status status = op.can_implement(args);
-  if (status != cutlass::Status::kSuccess) {
-    return error_message("sm90_cutlass: CUTLASS rejects a GEMM the plan accepted (a plan bug)",
-                         status);
-  }
-  status = op.initialize(args, nullptr, stream);
-  if (status != cutlass::Status::kSuccess) {
-    return error_message("sm90_cutlass: CUTLASS could not initialize the GEMM (TMA descriptors "
-                         "or shared-memory setup)", status);
-  }
-  status = op.run(stream);
-  if (status != cutlass::Status::kSuccess) {
-    return error_message("sm90_cutlass: GEMM launch failed", status);
-  }
-  return nullptr;
+  return launch_op<typename K::Op>(args, stream);
 }
 
 template <int Config>
