@@ -102,7 +102,9 @@ def main(argv=None) -> int:
             randomize_batchnorm_(module, gen)
     reference = copy.deepcopy(model).double()
     machine = machine_summary(torch.device("cpu"))
-    out = {"command": " ".join([sys.executable, *sys.argv]), "date": time.strftime("%Y-%m-%d"),
+    command = " ".join(["python", "benchmarks/cpu_choice.py",
+                        *(sys.argv[1:] if argv is None else argv)])
+    out = {"command": command, "date": time.strftime("%Y-%m-%d"),
            "machine": machine, "cpu": cpu_capability()["name"], "python": platform.python_version(),
            "threads": torch.get_num_threads(), "torch": torch.__version__,
            "load_avg_before": os.getloadavg(), "configs": {}}

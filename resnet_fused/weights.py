@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["ARCHES", "WeightsError", "WeightsFileNotFound", "describe", "load_weights",
-           "read_state_dict"]
+           "read_state_dict", "state_dict_of"]
 
 # The package's ResNets: block type and blocks per stage.
 ARCHES = {
@@ -80,6 +80,21 @@ def read_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
     return _unprefixed(dict(state))
 
 
+def state_dict_of(weights: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict ``weights`` names: read from a .pth/.pt/.safetensors path
+    (:func:`read_state_dict`), or a mapping checked to hold tensors; ``module.`` prefixes
+    removed either way."""
+    if isinstance(weights, (str, os.PathLike)):
+        return read_state_dict(weights)
+    if not isinstance(weights, Mapping):
+        raise TypeError("weights must be None, a path to a .pth/.pt/.safetensors file, or a "
+                        f"state dict; got {type(weights).__name__}")
+    state = dict(weights)
+    if not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError("weights: the checkpoint holds no state dict of tensors")
+    return _unprefixed(state)
+
+
 def _unprefixed(state: dict[str, Tensor]) -> dict[str, Tensor]:
     # DataParallel / DDP checkpoints prefix every key with "module.".
     if state and all(k.startswith("module.") for k in state):
@@ -119,13 +134,7 @@ def load_weights(model: nn.Module, weights, arch: str | None = None) -> nn.Modul
     """
     if weights is None:
         return model
-    if isinstance(weights, (str, os.PathLike)):
-        state = read_state_dict(weights)
-    elif isinstance(weights, Mapping):
-        state = _unprefixed(dict(weights))
-    else:
-        raise TypeError("weights must be None, a path to a .pth/.pt/.safetensors file, or a "
-                        f"state dict; got {type(weights).__name__}")
+    state = state_dict_of(weights)
     if arch is not None:
         found, what = describe(state)
         fc = state.get("fc.weight")

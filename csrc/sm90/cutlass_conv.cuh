@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <type_traits>
 
 // cutlass.h and kernel_hardware_info.hpp first: the conv collective headers use them unincluded.
 #include "cutlass/cutlass.h"
@@ -216,36 +217,47 @@ const char* run(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t str
   return launch_op<typename K::Op>(args, stream);
 }
 
-template <int Config>
-const char* launch(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
-  const bool bf16 = plan.dtype == cuda::DType::kBFloat16;
+// Calls f(Element{}, std::bool_constant<residual>{}) for the plan's dtype (fp16 or bf16) and
+// residual: the one place a configuration's four instantiations are dispatched.
+template <class F>
+const char* by_dtype_and_residual(const ConvPlan& plan, F&& f) {
   if (plan.dtype != cuda::DType::kBFloat16 && plan.dtype != cuda::DType::kFloat16) {
     return "sm90_cutlass: float16 and bfloat16 only";
   }
+  const bool bf16 = plan.dtype == cuda::DType::kBFloat16;
   if (plan.residual) {
-    if constexpr (kConfigs[Config].residual_variant) {
-      return bf16 ? run<ConvKernel<cutlass::bfloat16_t, Config, true>>(plan, ptrs, stream)
-                  : run<ConvKernel<cutlass::half_t, Config, true>>(plan, ptrs, stream);
-    } else {
-      return "sm90_cutlass: this configuration has no residual epilogue";
-    }
+    return bf16 ? f(cutlass::bfloat16_t{}, std::true_type{})
+                : f(cutlass::half_t{}, std::true_type{});
   }
-  return bf16 ? run<ConvKernel<cutlass::bfloat16_t, Config, false>>(plan, ptrs, stream)
-              : run<ConvKernel<cutlass::half_t, Config, false>>(plan, ptrs, stream);
+  return bf16 ? f(cutlass::bfloat16_t{}, std::false_type{})
+              : f(cutlass::half_t{}, std::false_type{});
+}
+
+template <int Config>
+const char* launch(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
+  return by_dtype_and_residual(plan, [&](auto element, auto residual) -> const char* {
+    constexpr bool kResidual = decltype(residual)::value;
+    if constexpr (kResidual && !kConfigs[Config].residual_variant) {
+      return "sm90_cutlass: this configuration has no residual epilogue";
+    } else {
+      return run<ConvKernel<decltype(element), Config, kResidual>>(plan, ptrs, stream);
+    }
+  });
 }
 
 }  // namespace detail
 }  // namespace sm90
 }  // namespace resnet_fused
 
-// Defines launch_config<I> (declared in cutlass_conv.h) in a configuration's translation unit.
-#define RESNET_FUSED_SM90_CONFIG_TU(I)                                                  \
+// Defines launch_config<I> (declared in cutlass_conv.h) in a configuration's translation unit,
+// as detail::LAUNCH<I>: `launch` (the conv kernel) or `launch_gemm` (cutlass_gemm.cuh).
+#define RESNET_FUSED_SM90_CONFIG_TU(I, LAUNCH)                                          \
   namespace resnet_fused {                                                              \
   namespace sm90 {                                                                      \
   template <>                                                                           \
   const char* launch_config<I>(const ConvPlan& plan, const ConvPointers& ptrs,          \
                                cudaStream_t stream) {                                   \
-    return detail::launch<I>(plan, ptrs, stream);                                       \
+    return detail::LAUNCH<I>(plan, ptrs, stream);                                       \
   }                                                                                     \
   }                                                                                     \
   }

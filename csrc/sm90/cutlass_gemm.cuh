@@ -99,30 +99,12 @@ const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_
 
 template <int Config>
 const char* launch_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
-  const bool bf16 = plan.dtype == cuda::DType::kBFloat16;
-  if (plan.dtype != cuda::DType::kBFloat16 && plan.dtype != cuda::DType::kFloat16) {
-    return "sm90_cutlass: float16 and bfloat16 only";
-  }
-  if (plan.residual) {
-    return bf16 ? run_gemm<GemmKernel<cutlass::bfloat16_t, Config, true>>(plan, ptrs, stream)
-                : run_gemm<GemmKernel<cutlass::half_t, Config, true>>(plan, ptrs, stream);
-  }
-  return bf16 ? run_gemm<GemmKernel<cutlass::bfloat16_t, Config, false>>(plan, ptrs, stream)
-              : run_gemm<GemmKernel<cutlass::half_t, Config, false>>(plan, ptrs, stream);
+  return by_dtype_and_residual(plan, [&](auto element, auto residual) -> const char* {
+    return run_gemm<GemmKernel<decltype(element), Config, decltype(residual)::value>>(plan, ptrs,
+                                                                                       stream);
+  });
 }
 
 }  // namespace detail
 }  // namespace sm90
 }  // namespace resnet_fused
-
-// Defines launch_config<I> for a GEMM configuration's translation unit.
-#define RESNET_FUSED_SM90_GEMM_CONFIG_TU(I)                                             \
-  namespace resnet_fused {                                                              \
-  namespace sm90 {                                                                      \
-  template <>                                                                           \
-  const char* launch_config<I>(const ConvPlan& plan, const ConvPointers& ptrs,          \
-                               cudaStream_t stream) {                                   \
-    return detail::launch_gemm<I>(plan, ptrs, stream);                                  \
-  }                                                                                     \
-  }                                                                                     \
-  }

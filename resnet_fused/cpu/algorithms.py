@@ -53,10 +53,12 @@ CANDIDATES = ("conv1x1", "winograd", "onednn")  # the rules' order of preference
 
 @dataclass(frozen=True)
 class Choice:
-    """What a conv runs for one input shape, and why (``info --convs`` prints both)."""
+    """What a conv runs for one input shape, and why (``info --convs`` prints both), among which
+    candidates."""
 
     algorithm: str
     why: str
+    candidates: tuple[str, ...] = ()
 
 
 def mode() -> str:
@@ -115,7 +117,7 @@ def measure(key: Sequence, candidates: Sequence[str], run: Callable[[str], Tenso
     cached = tuning.lookup("cpu.conv", key, candidates, cpu, name=str, fingerprint=fingerprint,
                            persist=True)
     if cached is not None:
-        return Choice(cached, f"measured on this CPU earlier (cache {tuning.cache_path()})")
+        return Choice(cached, "measured on this CPU earlier (cached)")
     times: dict[str, float] = {}
     current = [""]  # the candidate the timed function last launched
 

@@ -39,6 +39,8 @@ not all finite use the raw op instead.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -104,9 +106,8 @@ class OneDNNConv:
         self._winograd_eligible = winograd.eligible((self.kh, self.kw), self.stride, self.padding,
                                                     self.dtype)
         self._winograd_filter: Tensor | None = None  # built on first use; shape-independent
-        # (N, H, W) -> "winograd"/"direct", for the shapes Winograd could take (reported only).
-        self._algorithms: dict[tuple[int, int, int], str] = {}
-        # (N, H, W) -> what runs and why, for every shape seen (reported only).
+        # (N, H, W) -> what runs and why, among which candidates, for every shape seen (reported
+        # only; :attr:`algorithms` is derived from it).
         self._choices: dict[tuple[int, int, int], Choice] = {}
         # Whether this package's 1x1 kernel (resnet_fused.cpu.conv1x1) can take this conv; its
         # weight is packed on first use, and no oneDNN weight is made for shapes it runs.
@@ -160,7 +161,7 @@ class OneDNNConv:
 
     def _choose(self, shape: torch.Size, out_shape: tuple, residual: bool, relu: bool) -> str:
         """The algorithm for inputs of ``shape`` (:mod:`.algorithms`: by rule or measured);
-        records it, and why, for :attr:`choices` (and Winograd's for :attr:`algorithms`)."""
+        records it, and why, for :attr:`choices`."""
         n, _, h, w = shape
         key = (n, h, w)
         candidates = ["onednn"]
@@ -186,10 +187,7 @@ class OneDNNConv:
                       if tiles >= floor else Choice("onednn", f"rule: {tiles} output tiles < "
                                                               f"{floor} for Winograd"))
         if len(self._choices) < self._MAX_ENTRIES:
-            self._choices[key] = choice
-            if "winograd" in candidates:
-                self._algorithms[key] = ("winograd" if choice.algorithm == "winograd"
-                                         else "direct")
+            self._choices[key] = dataclasses.replace(choice, candidates=tuple(candidates))
         return choice.algorithm
 
     def _measure(self, shape: torch.Size, out_shape: tuple, candidates: list[str],
@@ -218,8 +216,22 @@ class OneDNNConv:
         key = (str(self.dtype), self.in_channels, self.out_channels, self.kh, self.kw,
                *self.stride, *self.padding, shape[0], shape[2], shape[3], residual)
         with torch.inference_mode():
-            return algorithms.measure(key, candidates, lambda c: self._compute(c, x, r, relu),
-                                      launch, reference, self.dtype)
+            choice = algorithms.measure(key, candidates, lambda c: self._compute(c, x, r, relu),
+                                        launch, reference, self.dtype)
+        self._drop_unused(choice.algorithm, (shape[0], shape[2], shape[3]))
+        return choice
+
+    def _drop_unused(self, chosen: str, key: tuple[int, int, int]) -> None:
+        """Forgets what measuring prepared for the algorithms that lost: the oneDNN weight
+        reordered for this shape, and the Winograd filter (4x a 3x3 weight in fp32) or the packed
+        1x1 weight when no shape runs them. A later shape that picks one prepares it again."""
+        runs = {c.algorithm for c in self._choices.values()} | {chosen}
+        if chosen != "onednn" and self._packed.pop(key, None) is self._last:
+            self._last = next(reversed(self._packed.values()), None)
+        if "winograd" not in runs:
+            self._winograd_filter = None
+        if "conv1x1" not in runs:
+            self._conv1x1_weight = None
 
     def _winograd_u(self) -> Tensor:
         # The transformed filter: shape-independent, built on first use.
@@ -322,4 +334,5 @@ class OneDNNConv:
         """The algorithm chosen per (N, H, W) input shape: ``"winograd"`` or ``"direct"``
         (convs and shapes that Winograd cannot take, e.g. images smaller than a tile, are not
         listed)."""
-        return dict(self._algorithms)
+        return {key: "winograd" if c.algorithm == "winograd" else "direct"
+                for key, c in self._choices.items() if "winograd" in c.candidates}

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .. import models
 from ..fused import FusedResNet, fuse
 from ..pretrained import is_pretrained, load_pretrained
-from ..weights import ARCHES, WeightsError, describe, read_state_dict
+from ..weights import ARCHES, WeightsError, describe, state_dict_of
 
 
 class CheckpointError(WeightsError):
@@ -41,15 +41,8 @@ def read_checkpoint(weights: str | os.PathLike | Mapping[str, Tensor], arch: str
 
 
 def _read_state(weights: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    if isinstance(weights, Mapping):
-        state = dict(weights)
-        if not state or not all(isinstance(v, Tensor) for v in state.values()):
-            raise CheckpointError("weights: the checkpoint holds no state dict of tensors")
-        if all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
-        return state
     try:
-        return read_state_dict(weights)
+        return state_dict_of(weights)
     except WeightsError as e:
         raise CheckpointError(str(e)) from e
 

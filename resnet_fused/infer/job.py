@@ -631,16 +631,15 @@ def _run(options: JobOptions, world: World, start: float) -> Summary:
 
     t_merge = time.perf_counter()
     parts = read_parts(files.parts, setup.columns, setup.stats)
-    ok, errors = merge(files, setup.inputs, [setup.stats[p] for p in setup.inputs], parts,
-                       setup.columns, setup.labels)
+    ok, errors = merge(files, setup.inputs, setup.stats, parts, setup.columns, setup.labels)
     reopened = (read_json(os.path.join(files.parts, "job.json")) or {}).get("reopened") or {}
+    changed = set(changed) | set(reopened.get("changed", ()))
     total = Times()
     for s in stats:
         total.add(Times(**s["times"]))
     summary = Summary(status="done", inputs=len(setup.inputs), ok=ok, errors=errors,
                       resumed=resumed, processed=sum(s["seen"] for s in stats),
-                      changed=[p for p in setup.inputs
-                               if p in changed or p in set(reopened.get("changed", ()))],
+                      changed=[p for p in setup.inputs if p in changed],
                       reopened=reopened.get("images", 0), added=reopened.get("added", 0),
                       dropped=reopened.get("dropped", []),
                       model_images=sum(s["model"] for s in stats), times=total,
@@ -649,7 +648,7 @@ def _run(options: JobOptions, world: World, start: float) -> Summary:
     summary.wall_s = time.perf_counter() - start
     write_json(files.manifest, {
         "complete": True, "settings": setup.settings, "inputs": len(setup.inputs),
-        "inputs_sha256": _sha256_text(setup.inputs), "ok": ok, "errors": len(errors),
+        "ok": ok, "errors": len(errors),
         "last_run": {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "resumed": resumed, "processed": summary.processed,
                      "images_per_s": summary.images_per_s, "wall_s": summary.wall_s,

@@ -139,11 +139,11 @@ def _gather(parts: Parts, locations: np.ndarray, col: Column, mapped: dict) -> n
     return out
 
 
-def merge(files: OutputFiles, inputs: Sequence[str], stats: Sequence[Stat], parts: Parts,
+def merge(files: OutputFiles, inputs: Sequence[str], stats: Mapping[str, Stat], parts: Parts,
           columns: Sequence[Column], labels: Sequence[str] | None = None,
           ) -> tuple[int, list[tuple[str, str]]]:
-    """Writes the final files for ``inputs`` (whose files had ``stats``) from ``parts``; returns
-    (rows, errors in order)."""
+    """Writes the final files for ``inputs`` (each input's file stat in ``stats``) from
+    ``parts``; returns (rows, errors in order)."""
     missing = [p for p in inputs if not parts.done(p)]
     if missing:
         raise RuntimeError(f"cannot merge: {len(missing)} images have no result in "
@@ -166,7 +166,7 @@ def merge(files: OutputFiles, inputs: Sequence[str], stats: Sequence[Stat], part
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "size", "mtime_ns"])
-        writer.writerows((p, *st) for p, st in zip(inputs, stats, strict=True))
+        writer.writerows((p, *stats[p]) for p in inputs)
     os.replace(tmp, files.inputs)
     return len(ok), errors
 
@@ -274,12 +274,11 @@ def _read_predictions(files: OutputFiles, k: int, labels: bool):
 
 
 def reopen(files: OutputFiles, keep: Mapping[str, Stat], columns: Sequence[Column],
-           labels: bool, parts_dir: str) -> int:
+           labels: bool, parts_dir: str) -> None:
     """Writes the rows and bad images of the finished job whose path is in ``keep`` into a part
     in ``parts_dir`` (recording their stats), so a job over more inputs computes only the others.
-    Returns how many results were kept. Values come back bit for bit (the CSV and JSON hold each
-    float32 probability as the shortest text that reads back as it)."""
-    kept = 0
+    Values come back bit for bit (the CSV and JSON hold each float32 probability as the shortest
+    text that reads back as it)."""
     with PartWriter(parts_dir, 0, columns, stats=keep) as writer:
         if files.kind == "extract":
             features, paths = read_features(files.out)
@@ -288,7 +287,6 @@ def reopen(files: OutputFiles, keep: Mapping[str, Stat], columns: Sequence[Colum
                 take = [i for i, p in enumerate(chunk) if p in keep]
                 writer.write([chunk[i] for i in take],
                              {columns[0].name: np.asarray(features[start:start + _CHUNK][take])})
-                kept += len(take)
         else:
             classes_col, probs_col = columns
             paths, classes, probs = [], [], []
@@ -303,10 +301,7 @@ def reopen(files: OutputFiles, keep: Mapping[str, Stat], columns: Sequence[Colum
                     paths.append(path)
                     classes.append([int(c) for c in cls])
                     probs.append([np.float32(p) for p in prob])
-                    kept += 1
                 if len(paths) == _CHUNK:
                     flush()
             flush()
-        errors = [(p, r) for p, r in read_errors(files.out, files.kind) if p in keep]
-        writer.write([], {}, errors)
-    return kept + len(errors)
+        writer.write([], {}, [(p, r) for p, r in read_errors(files.out, files.kind) if p in keep])
