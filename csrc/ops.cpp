@@ -72,9 +72,15 @@ TORCH_LIBRARY(resnet_fused, m) {
   // residual in place, residual = act(conv + bias + residual), residual channels_last-contiguous.
   // `weight` is folded and packed in panels of 64 output channels (resnet_fused/conv1x1.py):
   // (ceil(C_out / 64), C_in, 64) float32, or (ceil(C_out / 64), C_in / 2, 64, 2) bfloat16;
-  // `bias` is float32, C_out = bias.size(0).
-  m.def("conv1x1(Tensor input, Tensor weight, Tensor bias, int[2] stride, bool relu) -> Tensor");
+  // `bias` is float32, C_out = bias.size(0). `kernel`: "avx512", "amx" (bfloat16 on AMX tiles,
+  // C_in a multiple of 32, where cpu_amx_status() is "available") or "amx_model" (that kernel
+  // through the tiles' software model, for tests; csrc/cpu/amx_tiles.h).
+  m.def(
+      "conv1x1(Tensor input, Tensor weight, Tensor bias, int[2] stride, bool relu, "
+      "str kernel=\"avx512\") -> Tensor");
   m.def(
       "conv1x1_residual_(Tensor(a!) residual, Tensor input, Tensor weight, Tensor bias, "
-      "int[2] stride, bool relu) -> ()");
+      "int[2] stride, bool relu, str kernel=\"avx512\") -> ()");
+  // "available" if this process runs the AMX bf16 kernels, else "absent: <why>"; any machine.
+  m.def("cpu_amx_status() -> str");
 }

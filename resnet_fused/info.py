@@ -151,8 +151,11 @@ def _conv1x1_row() -> str:
               if conv1x1.available(d)]
     if not dtypes:
         return "auto (RESNET_FUSED_CONV1X1): unavailable (needs AVX-512), 1x1 convs run on oneDNN"
+    amx = conv1x1.amx_status()
+    amx = ("its AMX kernel (bfloat16) measured against it per shape" if amx == "available"
+           else f"AMX kernel {amx}")
     return (f"auto (RESNET_FUSED_CONV1X1): 1x1 convs on this package's AVX-512 GEMM in "
-            f"{' and '.join(dtypes)}, the residual summed in place")
+            f"{' and '.join(dtypes)}, the residual summed in place; {amx}")
 
 
 def _winograd_row() -> str:

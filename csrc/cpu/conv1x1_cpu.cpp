@@ -21,6 +21,10 @@
 //
 // Numerics: fp32 accumulation from bias (+ residual), one rounding to the output dtype; the
 // AVX512_BF16 instructions flush denormal inputs and products to zero. NaN stays NaN.
+//
+// `kernel` picks the implementation: "avx512" (above), "amx" (bf16 on AMX tiles,
+// conv1x1_amx.cpp, where amx_bf16_available()), or "amx_model" (the same AMX kernel through the
+// tiles' software model, amx_tiles.h: for tests, on any CPU with AVX512_BF16).
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
@@ -30,20 +34,15 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "amx_tiles.h"
+#include "conv1x1_cpu.h"
 #include "gemm_avx512_kernels.h"
 
 namespace resnet_fused {
 namespace {
 
-constexpr int64_t kPanel = 64;  // output channels per weight panel (one micro-kernel's columns)
-
-struct Shape {
-  int64_t n, h, w, c;   // input (NHWC)
-  int64_t k, ho, wo;    // output
-  int64_t sh, sw;       // stride
-  int64_t pixels() const { return n * ho * wo; }
-  int64_t panels() const { return (k + kPanel - 1) / kPanel; }
-};
+constexpr int64_t kPanel = kConv1x1Panel;
+using Shape = Conv1x1Shape;
 
 #ifdef RESNET_FUSED_HAS_AVX512_KERNELS
 
@@ -129,49 +128,25 @@ template <typename Kind> struct TileFor;
 template <> struct TileFor<avx512::F32> { using type = OutputTileF32; };
 template <> struct TileFor<avx512::Bf16Pairs> { using type = OutputTileBf16; };
 
-// How the work is split into tasks (at::parallel_for): blocks of rows (pixels) by one weight
-// panel. The rows are cut into as few equal blocks as keep a block's input rows within
-// kInputBlockBytes, so that they stay in L2 while the panels pass them and the weight is read
-// once per block (at batch 8 a 1024 x 2048 fp32 weight is 8 MiB), and as many more as make the
-// tasks a multiple of the threads. Equal blocks keep threads balanced: 49 pixels (7x7, batch 1)
-// are one block of 32 one-panel tasks, not 48 + 1 rows; a 64 -> 64 conv (one panel) at 56x56
-// is cut in two blocks at batch 1 for two threads, not left to one.
-// 512 KiB, half of a Zen 4 core's L2: budgets of 128 KiB-2 MiB timed within a few percent of one
-// another on ResNet-50's residual convs at batch 1 and 8, the weight-heavy 7x7 layers faster
-// from 256 KiB up (2-core Zen 4 VM, development runs).
-constexpr int64_t kInputBlockBytes = int64_t{512} << 10;
-
 template <typename Kind>
 void run(const typename Kind::Element* x, const typename Kind::Element* w, const float* bias,
          typename Kind::Element* out, bool accumulate, bool relu, const Shape& s) {
   using Element = typename Kind::Element;
   using Tile = typename TileFor<Kind>::type;
   const int64_t pixels = s.pixels(), panels = s.panels();
-  const int64_t input_bytes = pixels * s.c * static_cast<int64_t>(sizeof(Element));
-  int64_t blocks = std::max<int64_t>(1, (input_bytes + kInputBlockBytes - 1) / kInputBlockBytes);
-  // Every thread an equal share: more blocks until the tasks are a multiple of the threads
-  // (each block keeps at least one micro-kernel's rows).
-  const int64_t threads = at::get_num_threads();
-  while ((blocks * panels) % threads != 0 && blocks * kRows < pixels) ++blocks;
-  const int64_t block_rows = ((pixels + blocks - 1) / blocks + kRows - 1) / kRows * kRows;
-  const int64_t row_blocks = (pixels + block_rows - 1) / block_rows;
-  const bool strided = s.sh != 1 || s.sw != 1;
-  const auto input_row = [&](int64_t p) -> const Element* {
-    if (!strided) return x + p * s.c;
-    const int64_t image = p / (s.ho * s.wo), oy = p / s.wo % s.ho, ox = p % s.wo;
-    return x + ((image * s.h + oy * s.sh) * s.w + ox * s.sw) * s.c;
-  };
-  at::parallel_for(0, row_blocks * panels, 1, [&](int64_t begin, int64_t end) {
+  const Conv1x1Tasks tasks =
+      Conv1x1Tasks::split(s, sizeof(Element), kRows, at::get_num_threads());
+  at::parallel_for(0, tasks.row_blocks * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r0 = task / panels * block_rows;
-      const int64_t r1 = std::min(pixels, r0 + block_rows);
+      const int64_t r0 = task / panels * tasks.block_rows;
+      const int64_t r1 = std::min(pixels, r0 + tasks.block_rows);
       const int64_t q = task % panels, col = q * kPanel;
       const int vectors = static_cast<int>(std::min(kPanel, s.k - col) / kGemmColumns);
       const Element* panel = w + q * s.c * kPanel;  // (C, 64), or (C/2, 64, 2) for bf16
       for (int64_t r = r0; r < r1; r += kRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kRows, r1 - r));
         const Element* a_rows[kRows];  // past the last row: repeats of it, never used
-        for (int i = 0; i < kRows; ++i) a_rows[i] = input_row(std::min(r + i, r1 - 1));
+        for (int i = 0; i < kRows; ++i) a_rows[i] = x + s.input_offset(std::min(r + i, r1 - 1));
         // The next tile: the next rows, else the next task's first (next panel, or next block).
         const Element* next = nullptr;
         if (r + kRows < r1) {
@@ -204,9 +179,19 @@ bool kernels_available(at::ScalarType) { return false; }
 
 #endif
 
+enum class Kernel { kAvx512, kAmx, kAmxModel };
+
+Kernel parse_kernel(const char* op, c10::string_view name) {
+  if (name == "avx512") return Kernel::kAvx512;
+  if (name == "amx") return Kernel::kAmx;
+  if (name == "amx_model") return Kernel::kAmxModel;
+  TORCH_CHECK(false, op, ": kernel must be \"avx512\", \"amx\" or \"amx_model\", got \"",
+              std::string(name), "\"");
+}
+
 // Checks what both ops share (C_out is bias.size(0)) and returns the problem's shape.
 Shape check_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
-                 const at::Tensor& bias, at::IntArrayRef stride) {
+                 const at::Tensor& bias, at::IntArrayRef stride, Kernel kernel) {
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(),
               "-D with sizes ", input.sizes());
   const at::ScalarType dtype = input.scalar_type();
@@ -242,18 +227,30 @@ Shape check_args(const char* op, const at::Tensor& input, const at::Tensor& weig
   TORCH_CHECK(weight.scalar_type() == dtype && weight.device().is_cpu(), op,
               ": weight must be a CPU tensor of input's dtype (", dtype, "), got ",
               weight.scalar_type(), " on ", weight.device());
+  if (kernel != Kernel::kAvx512) {
+    const char* name = kernel == Kernel::kAmx ? "amx" : "amx_model";
+    TORCH_CHECK(bf16, op, ": kernel \"", name, "\" needs bfloat16 input (AMX-BF16), got ", dtype);
+    TORCH_CHECK(s.c % amx::kStepChannels == 0, op, ": kernel \"", name,
+                "\" needs C_in a multiple of ", amx::kStepChannels, " (one tile row), got ", s.c);
+    TORCH_CHECK(kernel != Kernel::kAmx || amx_bf16_available(), op,
+                ": kernel \"amx\" cannot run here: ", amx_bf16_absent_reason());
+  }
   return s;
 }
 
 // out = act(conv(input) + bias (+ out if accumulate)); out channels_last-contiguous.
 void compute(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-             at::Tensor& out, bool accumulate, bool relu, const Shape& s) {
+             at::Tensor& out, bool accumulate, bool relu, const Shape& s, Kernel kernel) {
   if (s.pixels() == 0 || s.k == 0) return;
 #ifdef RESNET_FUSED_HAS_AVX512_KERNELS
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.contiguous();
-  if (x.scalar_type() == at::kBFloat16) {
+  if (kernel != Kernel::kAvx512) {
+    conv1x1_amx_bf16(x.const_data_ptr<c10::BFloat16>(), w.const_data_ptr<c10::BFloat16>(),
+                     b.const_data_ptr<float>(), out.mutable_data_ptr<c10::BFloat16>(), accumulate,
+                     relu, s, /*emulate=*/kernel == Kernel::kAmxModel);
+  } else if (x.scalar_type() == at::kBFloat16) {
     run<avx512::Bf16Pairs>(x.const_data_ptr<c10::BFloat16>(), w.const_data_ptr<c10::BFloat16>(),
                            b.const_data_ptr<float>(), out.mutable_data_ptr<c10::BFloat16>(),
                            accumulate, relu, s);
@@ -266,9 +263,11 @@ void compute(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
 }
 
 void conv1x1_residual_cpu(at::Tensor& residual, const at::Tensor& input, const at::Tensor& weight,
-                          const at::Tensor& bias, at::IntArrayRef stride, bool relu) {
+                          const at::Tensor& bias, at::IntArrayRef stride, bool relu,
+                          c10::string_view kernel_name) {
   constexpr const char* op = "conv1x1_residual_";
-  const Shape s = check_args(op, input, weight, bias, stride);
+  const Kernel kernel = parse_kernel(op, kernel_name);
+  const Shape s = check_args(op, input, weight, bias, stride, kernel);
   TORCH_CHECK(residual.sizes() == at::IntArrayRef({s.n, s.k, s.ho, s.wo}), op,
               ": residual must have the output's sizes [", s.n, ", ", s.k, ", ", s.ho, ", ", s.wo,
               "] (a 1x1 conv of input at stride ", stride, ", C_out = bias.size(0)), got ",
@@ -287,7 +286,7 @@ void conv1x1_residual_cpu(at::Tensor& residual, const at::Tensor& input, const a
   // torch's in-place rule for inference tensors ("Inplace update to inference tensor outside
   // InferenceMode is not allowed") is enforced by the version counter, bumped before any write.
   residual.unsafeGetTensorImpl()->bump_version();
-  compute(input, weight, bias, residual, /*accumulate=*/true, relu, s);
+  compute(input, weight, bias, residual, /*accumulate=*/true, relu, s, kernel);
 }
 
 // Autograd: the op writes in place and has no backward. While gradients are recorded it refuses
@@ -295,7 +294,7 @@ void conv1x1_residual_cpu(at::Tensor& residual, const at::Tensor& input, const a
 // graph without the op; otherwise it runs as it does below autograd.
 void conv1x1_residual_autograd(at::Tensor& residual, const at::Tensor& input,
                                const at::Tensor& weight, const at::Tensor& bias,
-                               at::IntArrayRef stride, bool relu) {
+                               at::IntArrayRef stride, bool relu, c10::string_view kernel) {
   constexpr const char* op = "conv1x1_residual_";
   if (at::GradMode::is_enabled()) {
     TORCH_CHECK(!(residual.is_leaf() && residual.requires_grad()), op,
@@ -311,17 +310,18 @@ void conv1x1_residual_autograd(at::Tensor& residual, const at::Tensor& input,
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("resnet_fused::conv1x1_residual_", "")
           .typed<void(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                      at::IntArrayRef, bool)>();
+                      at::IntArrayRef, bool, c10::string_view)>();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  redispatch.call(residual, input, weight, bias, stride, relu);
+  redispatch.call(residual, input, weight, bias, stride, relu, kernel);
 }
 
 at::Tensor conv1x1_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                       at::IntArrayRef stride, bool relu) {
-  const Shape s = check_args("conv1x1", input, weight, bias, stride);
+                       at::IntArrayRef stride, bool relu, c10::string_view kernel_name) {
+  const Kernel kernel = parse_kernel("conv1x1", kernel_name);
+  const Shape s = check_args("conv1x1", input, weight, bias, stride, kernel);
   at::Tensor out = at::empty({s.n, s.k, s.ho, s.wo},
                              input.options().memory_format(at::MemoryFormat::ChannelsLast));
-  compute(input, weight, bias, out, /*accumulate=*/false, relu, s);
+  compute(input, weight, bias, out, /*accumulate=*/false, relu, s, kernel);
   return out;
 }
 
@@ -334,6 +334,14 @@ TORCH_LIBRARY_IMPL(resnet_fused, CPU, m) {
 
 TORCH_LIBRARY_IMPL(resnet_fused, Autograd, m) {
   m.impl("conv1x1_residual_", &conv1x1_residual_autograd);
+}
+
+// No tensor arguments: registered for every device.
+TORCH_LIBRARY_IMPL(resnet_fused, CompositeExplicitAutograd, m) {
+  m.impl("cpu_amx_status", []() -> std::string {
+    const std::string& why = amx_bf16_absent_reason();
+    return why.empty() ? "available" : "absent: " + why;
+  });
 }
 
 }  // namespace resnet_fused

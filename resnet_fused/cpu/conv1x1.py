@@ -9,6 +9,13 @@ made those 4-21% slower than the same convolution alone, and at batch 1 its per-
 for them: a register-blocked GEMM (6 pixels x 64 output channels, fp32 accumulators) whose
 epilogue adds the bias, the residual (read ahead of use, summed in place) and the ReLU.
 
+In bfloat16 the same ops also run on AMX tiles (``kernel="amx"``, csrc/cpu/conv1x1_amx.cpp) on
+the same packed weight, where :func:`amx_status` says the CPU and OS allow it (Intel Xeons from
+Sapphire Rapids on). Which of the two a conv runs is measured per shape
+(:mod:`resnet_fused.cpu.algorithms`: ``conv1x1`` and ``conv1x1_amx``). ``kernel="amx_model"``
+runs the AMX kernel through a software model of the tiles, on any CPU with AVX512_BF16: the tests
+use it to check the kernel where no AMX exists.
+
 The ops take the weight folded with BatchNorm's scale (in float32, one rounding to the compute
 dtype, as the oneDNN path folds it) and packed once, when a model is fused, by
 :func:`pack_weight`. :func:`path` says which convolutions take them; ``RESNET_FUSED_CONV1X1`` =
@@ -16,6 +23,8 @@ dtype, as the oneDNN path folds it) and packed once, when a model is fused, by
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -25,12 +34,15 @@ from ..backends import env_choice
 from ..folding import fold_scale
 from .capability import avx512_kernels_available
 
-__all__ = ["PANEL", "POLICIES", "available", "pack_weight", "path", "policy", "unpack_weight"]
+__all__ = ["AMX_STEP", "PANEL", "POLICIES", "amx_kernel", "amx_path", "amx_status", "available",
+           "pack_weight", "path", "policy", "unpack_weight"]
 
 POLICIES = ("auto", "never")
 
 # Output channels per weight panel: one micro-kernel call's columns.
 PANEL = 64
+# Input channels per AMX tile row (32 bf16, 64 bytes): the AMX kernel's C_in must be a multiple.
+AMX_STEP = 32
 
 def policy() -> str:
     """``RESNET_FUSED_CONV1X1``: ``auto`` (default) or ``never``."""
@@ -52,6 +64,28 @@ def path(kernel, stride, padding, dtype: torch.dtype, c_in: int, c_out: int) -> 
     return (tuple(kernel) == (1, 1) and tuple(padding) == (0, 0) and min(stride) >= 1
             and c_out % 16 == 0 and (dtype == torch.float32 or c_in % 2 == 0)
             and available(dtype) and policy() == "auto")
+
+
+@functools.cache  # the CPU, the OS's answer and the build do not change
+def amx_status() -> str:
+    """``"available"`` if this process runs the AMX kernel, else ``"absent: <why>"`` (no AMX in
+    the CPU, the OS not saving the tile state, Linux refusing the permission, or a compiler
+    without AMX at build time)."""
+    return torch.ops.resnet_fused.cpu_amx_status()
+
+
+def amx_kernel() -> str:
+    """The ops' ``kernel`` argument for the AMX algorithm: ``"amx"`` (tests substitute
+    ``"amx_model"`` to run it through the tiles' model)."""
+    return "amx"
+
+
+def amx_path(dtype: torch.dtype, c_in: int) -> bool:
+    """True if a conv that :func:`path` takes can also run on the AMX kernel: bfloat16, C_in a
+    multiple of :data:`AMX_STEP`, where :func:`amx_status` is available (or the kernel is the
+    model)."""
+    return (dtype == torch.bfloat16 and c_in % AMX_STEP == 0
+            and (amx_kernel() == "amx_model" or amx_status() == "available"))
 
 
 def pack_weight(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
@@ -106,7 +140,7 @@ def unpack_weight(packed: Tensor, c_in: int, c_out: int) -> Tensor:
 
 
 def _conv1x1_setup(ctx, inputs, output) -> None:
-    input, weight, _bias, stride, relu = inputs
+    input, weight, _bias, stride, relu = inputs[:5]  # then `kernel`, where given
     ctx.stride, ctx.relu = list(stride), relu
     ctx.save_for_backward(input, weight, output)
 
@@ -119,7 +153,7 @@ def _conv1x1_backward(ctx, grad: Tensor):
         grad, out, input, weight, None, ctx.stride, [0, 0], ctx.relu,
         (need_input, need_weight, False, need_bias, False))
     d_packed = None if d_weight is None else _in_panels(d_weight.reshape(d_weight.shape[:2]))
-    return d_input, d_packed, d_bias, None, None
+    return d_input, d_packed, d_bias, None, None, None
 
 
 torch.library.register_autograd("resnet_fused::conv1x1", _conv1x1_backward,
@@ -127,7 +161,7 @@ torch.library.register_autograd("resnet_fused::conv1x1", _conv1x1_backward,
 
 
 @torch.library.register_fake("resnet_fused::conv1x1")
-def _conv1x1_fake(input, weight, bias, stride, relu):
+def _conv1x1_fake(input, weight, bias, stride, relu, kernel="avx512"):
     torch._check(input.dim() == 4 and bias.dim() == 1 and len(stride) == 2,
                  lambda: "conv1x1: input must be 4-D, bias 1-D, stride two ints")
     n, _, h, w = input.shape
@@ -137,7 +171,7 @@ def _conv1x1_fake(input, weight, bias, stride, relu):
 
 
 @torch.library.register_fake("resnet_fused::conv1x1_residual_")
-def _conv1x1_residual_fake(residual, input, weight, bias, stride, relu):
+def _conv1x1_residual_fake(residual, input, weight, bias, stride, relu, kernel="avx512"):
     torch._check(input.dim() == 4 and residual.dim() == 4,
                  lambda: "conv1x1_residual_: input and residual must be 4-D")
     return None

@@ -12,7 +12,8 @@ the registered ``torch.ops.mkldnn`` ops Inductor uses:
 * ReLU as an eltwise post-op; the residual as oneDNN's ``sum`` post-op, accumulating in place into
   the skip tensor when the caller no longer needs it, else as a ``binary add`` post-op.
 * 1x1 convolutions run on this package's own AVX-512 kernel instead where the CPU has it
-  (:mod:`resnet_fused.cpu.conv1x1`), the residual summed in place the same way.
+  (:mod:`resnet_fused.cpu.conv1x1`), the residual summed in place the same way; in bfloat16 on
+  AMX CPUs also on its AMX kernel, where measured faster.
 * The folded weight reordered into oneDNN's blocked layout once per input shape
   (``_reorder_convolution_weight``; oneDNN's preferred layout depends on the shape, and a weight in
   another layout would be reordered again on every call) and kept for later calls.
@@ -114,6 +115,7 @@ class OneDNNConv:
         self._conv1x1 = conv1x1.path((self.kh, self.kw), self.stride, self.padding, self.dtype,
                                      self.in_channels, self.out_channels)
         self._conv1x1_weight: Tensor | None = None
+        self._conv1x1_amx = self._conv1x1 and conv1x1.amx_path(self.dtype, self.in_channels)
 
     def is_prepared_from(self, weight: Tensor, scale: Tensor, shift: Tensor) -> bool:
         """True if these are the tensors this was prepared from, unchanged since."""
@@ -166,7 +168,7 @@ class OneDNNConv:
         key = (n, h, w)
         candidates = ["onednn"]
         if self._conv1x1:
-            candidates.insert(0, "conv1x1")
+            candidates[:0] = ["conv1x1", "conv1x1_amx"] if self._conv1x1_amx else ["conv1x1"]
         rule = winograd.policy()
         if (self._winograd_eligible and winograd.worthwhile(h, w, self.dtype)
                 and rule != "never"):
@@ -230,7 +232,7 @@ class OneDNNConv:
             self._last = next(reversed(self._packed.values()), None)
         if "winograd" not in runs:
             self._winograd_filter = None
-        if "conv1x1" not in runs:
+        if not runs & {"conv1x1", "conv1x1_amx"}:
             self._conv1x1_weight = None
 
     def _winograd_u(self) -> Tensor:
@@ -281,13 +283,16 @@ class OneDNNConv:
         if algorithm == "winograd":  # the residual, if any, is read; the output is a new tensor
             u = entry[0] if entry is not None else self._winograd_u()
             return _WINOGRAD(x, u, self._source[2], residual, relu)
-        if algorithm == "conv1x1":  # this package's 1x1 kernel (resnet_fused.cpu.conv1x1)
+        if algorithm in ("conv1x1", "conv1x1_amx"):  # this package's 1x1 kernels (.conv1x1)
+            kernel = "avx512" if algorithm == "conv1x1" else conv1x1.amx_kernel()
             if residual is None:
-                return _CONV1X1(x, self._conv1x1_packed(), self._source[2], self.stride, relu)
+                return _CONV1X1(x, self._conv1x1_packed(), self._source[2], self.stride, relu,
+                                kernel)
             if not in_place:
                 residual = residual.clone(memory_format=torch.channels_last)
             # residual = act(conv(x) + shift + residual), in place: no new activation.
-            _CONV1X1_(residual, x, self._conv1x1_packed(), self._source[2], self.stride, relu)
+            _CONV1X1_(residual, x, self._conv1x1_packed(), self._source[2], self.stride, relu,
+                      kernel)
             return residual
         weight = entry[0] if entry is not None else None
         if weight is None:
