@@ -11,10 +11,18 @@ fused copies of the same random network are built, one with ``RESNET_FUSED_CONV1
 one forward each per round; every 1x1 conv's call is timed. Prints, per layer, the median time
 of each and the median of the per-round ratios, and each model's median forward time and ratio.
 ``--json`` also writes every round's times.
+
+``--alone`` times each distinct 1x1 conv shape of the model by itself instead: the two kernels
+called back to back on one input (hot in cache, outputs allocated and freed in turn), rounds
+alternating between them, each round the median of repeated calls (at least 20 ms); adds each
+kernel's GFLOP/s. Inside the forward pass a conv's time includes the memory around it (its
+weight cold, its output's pages new); alone it is mostly the kernel's arithmetic.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import statistics
 import sys
 
@@ -57,6 +65,50 @@ def run_case(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
                                                   run["model_s"]["onednn"])}
 
 
+def run_alone(batch: int, dtype: torch.dtype, rounds: int, size: int) -> dict:
+    """Each distinct 1x1 conv shape timed by itself, both kernels (see the module docstring)."""
+    from resnet_fused.cpu.algorithms import cpu_timer
+
+    run = run_in_model(batch, dtype, 1, size, "RESNET_FUSED_CONV1X1", SETTINGS, _is_1x1)
+    generator = torch.Generator().manual_seed(batch)
+    layers, seen = [], set()
+    for name, module in run["fused"]["own"].named_modules():
+        if name not in run["inputs"]:
+            continue
+        n, c, h, w = run["inputs"][name]
+        residual = _adds_residual(name)
+        shape = (c, module.out_channels, h, w, module.stride[0], residual, module.relu)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        conv = module._onednn
+        x = torch.randn(n, c, h, w, generator=generator).to(dtype).contiguous(
+            memory_format=torch.channels_last)
+        ho, wo = (h - 1) // module.stride[0] + 1, (w - 1) // module.stride[1] + 1
+        r = (torch.randn(n, module.out_channels, ho, wo, generator=generator).to(dtype)
+             .contiguous(memory_format=torch.channels_last) if residual else None)
+        times = {"onednn": [], "own": []}
+        algorithm = {"onednn": "onednn", "own": "conv1x1"}
+        calls = {label: functools.partial(conv._compute, algorithm[label], x, r, module.relu,
+                                          True) for label in times}
+        with torch.inference_mode():
+            for i in range(rounds):
+                for label in (("onednn", "own") if i % 2 == 0 else ("own", "onednn")):
+                    times[label].append(cpu_timer(calls[label], rounds=3, min_s=0.02))
+        flop = 2 * n * ho * wo * c * module.out_channels
+        layers.append({"layer": name, "c": c, "k": module.out_channels, "n": n, "h": h, "w": w,
+                       "stride": module.stride[0], "residual": residual, "relu": module.relu,
+                       "onednn_s": times["onednn"], "own_s": times["own"],
+                       "onednn_median_s": statistics.median(times["onednn"]),
+                       "own_median_s": statistics.median(times["own"]),
+                       "own_over_onednn": median_ratio(times["own"], times["onednn"]),
+                       "onednn_gflops": flop / statistics.median(times["onednn"]) / 1e9,
+                       "own_gflops": flop / statistics.median(times["own"]) / 1e9})
+    return {"batch": batch, "dtype": str(dtype).removeprefix("torch."), "size": size,
+            "threads": torch.get_num_threads(), "rounds": rounds, "layers": layers,
+            "alone": True}
+
+
 def _check(args) -> str | None:
     from resnet_fused.cpu import conv1x1
 
@@ -68,24 +120,35 @@ def _check(args) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], ["float32", "bfloat16"], argv, _check)
-    return run_all(args, run_case, _report)
+    alone = argparse.ArgumentParser(add_help=False)
+    alone.add_argument("--alone", action="store_true")
+    known, rest = alone.parse_known_args(argv)
+    args = parse_args(__doc__.splitlines()[0] + " (--alone: each shape by itself)",
+                      ["float32", "bfloat16"], rest, _check)
+    return run_all(args, run_alone if known.alone else run_case, _report)
 
 
 def _report(case: dict) -> None:
-    model = case["model_s"]
-    print(f"\n## batch {case['batch']}, {case['dtype']}: model median "
-          f"{statistics.median(model['onednn']) * 1e3:.1f} ms oneDNN, "
-          f"{statistics.median(model['own']) * 1e3:.1f} ms own 1x1 kernel; "
-          f"own / oneDNN {case['model_own_over_onednn']:.3f} (median of rounds)")
+    alone = case.get("alone", False)
+    if alone:
+        print(f"\n## batch {case['batch']}, {case['dtype']}: each distinct 1x1 shape alone")
+    else:
+        model = case["model_s"]
+        print(f"\n## batch {case['batch']}, {case['dtype']}: model median "
+              f"{statistics.median(model['onednn']) * 1e3:.1f} ms oneDNN, "
+              f"{statistics.median(model['own']) * 1e3:.1f} ms own 1x1 kernel; "
+              f"own / oneDNN {case['model_own_over_onednn']:.3f} (median of rounds)")
+    rates = f" {'oneDNN GF/s':>11} {'own GF/s':>8}" if alone else ""
     print(f"{'layer':<22} {'C->K':>10} {'HxW':>7} {'s':>1} {'res':>3} {'oneDNN ms':>9} "
-          f"{'own ms':>8} {'own/oneDNN':>10}")
+          f"{'own ms':>8} {'own/oneDNN':>10}{rates}")
     for layer in case["layers"]:
+        rates = (f" {layer['onednn_gflops']:>11.0f} {layer['own_gflops']:>8.0f}" if alone
+                 else "")
         print(f"{layer['layer']:<22} {layer['c']:>4}->{layer['k']:<5} "
               f"{layer['h']:>3}x{layer['w']:<3} {layer['stride']:>1} "
               f"{'yes' if layer['residual'] else 'no':>3} "
               f"{layer['onednn_median_s'] * 1e3:>9.3f} {layer['own_median_s'] * 1e3:>8.3f} "
-              f"{layer['own_over_onednn']:>10.3f}")
+              f"{layer['own_over_onednn']:>10.3f}{rates}")
 
 
 if __name__ == "__main__":

@@ -315,6 +315,27 @@ def test_in_model_ab_scripts(script, labels, tmp_path, capsys, monkeypatch):
         assert all(len(layer[f"{label}_s"]) == 2 for label in labels)
 
 
+def test_conv1x1_alone(tmp_path, capsys, monkeypatch):
+    """benchmarks/cpu_conv1x1.py --alone on a tiny input: every distinct 1x1 shape timed once
+    per kernel per round, with each kernel's GFLOP/s."""
+    from resnet_fused.cpu import conv1x1
+
+    if not conv1x1.available(torch.float32):
+        pytest.skip("this CPU cannot run the 1x1 kernel (needs AVX-512)")
+    module = _load_script("cpu_conv1x1", monkeypatch)
+    out = tmp_path / "alone.json"
+    assert module.main(["--alone", "--batch", "1", "--dtype", "float32", "--rounds", "2",
+                        "--size", "32", "--json", str(out)]) == 0
+    assert "## batch 1, float32: each distinct 1x1 shape alone" in capsys.readouterr().out
+    (case,) = json.loads(out.read_text())["cases"]
+    shapes = {(x["c"], x["k"], x["h"], x["stride"], x["residual"], x["relu"])
+              for x in case["layers"]}
+    assert case["alone"] and len(shapes) == len(case["layers"]) >= 10  # distinct, ResNet-50's
+    for layer in case["layers"]:
+        assert len(layer["onednn_s"]) == len(layer["own_s"]) == 2
+        assert layer["own_gflops"] > 0 and layer["onednn_gflops"] > 0
+
+
 def _load_script(name: str, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / f"benchmarks/{name}.py")

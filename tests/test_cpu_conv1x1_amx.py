@@ -38,8 +38,8 @@ HARDWARE = conv1x1.amx_status() == "available"
 KERNELS = ["amx_model", pytest.param("amx", marks=pytest.mark.skipif(
     not HARDWARE, reason=f"AMX {conv1x1.amx_status()}"))]
 # The model's epilogue is the AVX-512 kernel's (AVX512_BF16); every CPU family here has it.
-pytestmark = pytest.mark.skipif(not conv1x1.available(BF16),
-                                reason="this CPU lacks AVX512_BF16, which the kernel's epilogue needs")
+pytestmark = pytest.mark.skipif(
+    not conv1x1.available(BF16), reason="this CPU lacks AVX512_BF16, which the epilogue needs")
 
 
 def make_args(generator, n, c, k, h, w, stride):
@@ -102,7 +102,7 @@ def test_matches_reference(case, residual, relu, kernel, generator):
 def test_agrees_with_the_avx512_kernel(kernel, generator):
     """Both kernels add the same products in fp32, in different orders: they differ by a few
     bf16 roundings at most, nowhere by more than the per-op bound allows."""
-    x, weight, scale, shift, res, packed = make_args(generator, 2, 64, 96, 9, 10, (1, 1))
+    x, _weight, _scale, shift, _res, packed = make_args(generator, 2, 64, 96, 9, 10, (1, 1))
     avx = OP(x, packed, shift, [1, 1], True, "avx512")
     amx = OP(x, packed, shift, [1, 1], True, kernel)
     assert_within_bound(amx, avx.float(), BF16)
@@ -110,7 +110,7 @@ def test_agrees_with_the_avx512_kernel(kernel, generator):
 
 
 def test_same_bits_for_any_thread_count(generator):
-    x, weight, scale, shift, res, packed = make_args(generator, 2, 64, 80, 20, 21, (1, 1))
+    x, _weight, _scale, shift, res, packed = make_args(generator, 2, 64, 80, 20, 21, (1, 1))
     threads = torch.get_num_threads()
     results = []
     try:
@@ -128,7 +128,7 @@ def test_same_bits_for_any_thread_count(generator):
 @pytest.mark.parametrize("stride", [(1, 1), (2, 2)], ids=["s1", "s2"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 def test_nan_propagates_through_relu(residual, stride, generator):
-    x, weight, scale, shift, res, packed = make_args(generator, 1, 32, 32, 8, 10, stride)
+    x, _weight, _scale, shift, res, packed = make_args(generator, 1, 32, 32, 8, 10, stride)
     x[0, :, 2, 4] = float("nan")  # every output channel at output pixel (2, 4) / (1, 2)
     res[0, 3, 3, 4] = float("nan")  # one output value (summed only with a residual)
     if residual:
@@ -163,7 +163,7 @@ def test_refusals_name_the_argument(change, match, generator):
 
 @pytest.mark.skipif(HARDWARE, reason="this process runs AMX")
 def test_hardware_kernel_refused_with_the_reason(generator):
-    x, weight, scale, shift, res, packed = make_args(generator, 1, 32, 32, 4, 4, (1, 1))
+    x, _weight, _scale, shift, _res, packed = make_args(generator, 1, 32, 32, 4, 4, (1, 1))
     why = conv1x1.amx_status().removeprefix("absent: ")
     with pytest.raises(RuntimeError, match=r"kernel \"amx\" cannot run here: " + why):
         OP(x, packed, shift, [1, 1], True, "amx")
@@ -175,12 +175,12 @@ def test_status_agrees_with_the_cpu_flags():
     if not (caps["amx_tile"] and caps["amx_bf16"]):
         assert status == "absent: this CPU has no AMX-TILE and AMX-BF16"
     else:  # the CPU has it: only the OS or the build may say no, and then why
-        assert status == "available" or status.startswith("absent: ") and "CPU" not in status
+        assert status == "available" or (status.startswith("absent: ") and "CPU" not in status)
 
 
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 def test_opcheck(residual, generator):
-    x, weight, scale, shift, res, packed = make_args(generator, 2, 64, 32, 5, 7, (2, 1))
+    x, _weight, _scale, shift, res, packed = make_args(generator, 2, 64, 32, 5, 7, (2, 1))
     if residual:
         torch.library.opcheck(OP_, (res, x, packed, shift, [2, 1], True, "amx_model"))
     else:
