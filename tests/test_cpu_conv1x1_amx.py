@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cpu_conv1x1 import case_id
 
 from resnet_fused import tuning
 from resnet_fused.cpu import conv1x1, onednn
@@ -72,11 +73,6 @@ CASES = [
     (2, 256, 64, 24, 24, (1, 1)),
     (1, 512, 128, 14, 14, (2, 2)),
 ]
-
-
-def case_id(case) -> str:
-    n, c, k, h, w, s = case
-    return f"{n}x{c}x{h}x{w}-k{k}-s{s[0]}{s[1]}"
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
