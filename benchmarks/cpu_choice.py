@@ -96,10 +96,7 @@ def main(argv=None) -> int:
     tuning.clear()
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = resnet_fused.resnet50().eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            randomize_batchnorm_(module, gen)
+    model = randomize_batchnorm_(resnet_fused.resnet50(), gen).eval()
     reference = copy.deepcopy(model).double()
     machine = machine_summary(torch.device("cpu"))
     command = " ".join(["python", "benchmarks/cpu_choice.py",

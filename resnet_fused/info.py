@@ -72,10 +72,7 @@ def print_convs(arch: str, batch: int, size: int, dtype: torch.dtype) -> int:
         print(f"\nconvs: {dtype} does not take the CPU fast path here (the raw op runs)")
         return 0
     gen = torch.Generator().manual_seed(0)
-    model = getattr(models, arch)().eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            randomize_batchnorm_(module, gen)
+    model = randomize_batchnorm_(getattr(models, arch)(), gen).eval()
     fused = fuse(model, backend="cpu", dtype=dtype)
     print(f"\nconvs of {arch}, input ({batch}, 3, {size}, {size}) {dtype}, "
           f"{torch.get_num_threads()} threads, choice: {algorithms.mode()} "

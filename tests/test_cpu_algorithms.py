@@ -36,10 +36,7 @@ def measured(tmp_path, monkeypatch):
 
 
 def _model(generator, dtype):
-    model = resnet_fused.resnet18(num_classes=10).eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            randomize_batchnorm_(module, generator)
+    model = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval()
     return model, resnet_fused.fuse(model, backend="cpu", dtype=dtype)
 
 
@@ -82,10 +79,7 @@ from resnet_fused.testing import randomize_batchnorm_
 from resnet_fused.fused import FusedConvBNAct
 torch.manual_seed(int(sys.argv[1]))  # the conv weights' initialisation
 generator = torch.Generator().manual_seed(int(sys.argv[1]))
-model = resnet_fused.resnet18(num_classes=10).eval()
-for module in model.modules():
-    if isinstance(module, torch.nn.BatchNorm2d):
-        randomize_batchnorm_(module, generator)
+model = randomize_batchnorm_(resnet_fused.resnet18(num_classes=10), generator).eval()
 fused = resnet_fused.fuse(model, backend="cpu", dtype=getattr(torch, sys.argv[2]))
 with torch.inference_mode():
     out = fused(torch.randn(2, 3, 64, 64, generator=generator))

@@ -188,13 +188,14 @@ def test_opcheck(residual, generator):
 
 @pytest.fixture
 def amx_measured_fastest(tmp_path, monkeypatch):
-    """Measured choices (fresh cache) with the AMX candidate on the tiles' model, timed as
-    fastest: every timed call that ran the AMX kernel counts 1 us, any other 1 s. Yields the
-    kernels the 1x1 ops were called with."""
+    """Measured choices (fresh cache) with the AMX candidate offered as on an AMX CPU but run on
+    the tiles' model, timed as fastest: every timed call that ran the AMX kernel counts 1 us, any
+    other 1 s. Yields the kernels the 1x1 ops were called with."""
     monkeypatch.setenv("RESNET_FUSED_CPU_CHOICE", "measure")
     monkeypatch.setenv("RESNET_FUSED_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("RESNET_FUSED_CONV1X1", raising=False)
-    monkeypatch.setattr(conv1x1, "amx_kernel", lambda: "amx_model")
+    monkeypatch.setattr(conv1x1, "amx_status", lambda: "available")
+    monkeypatch.setattr(conv1x1, "AMX_KERNEL", "amx_model")
     kernels: list[str] = []
 
     def recording(op):

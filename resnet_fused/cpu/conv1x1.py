@@ -34,7 +34,7 @@ from ..backends import env_choice
 from ..folding import fold_scale
 from .capability import avx512_kernels_available
 
-__all__ = ["AMX_STEP", "PANEL", "POLICIES", "amx_kernel", "amx_path", "amx_status", "available",
+__all__ = ["AMX_KERNEL", "AMX_STEP", "PANEL", "POLICIES", "amx_path", "amx_status", "available",
            "pack_weight", "path", "policy", "unpack_weight"]
 
 POLICIES = ("auto", "never")
@@ -43,6 +43,9 @@ POLICIES = ("auto", "never")
 PANEL = 64
 # Input channels per AMX tile row (32 bf16, 64 bytes): the AMX kernel's C_in must be a multiple.
 AMX_STEP = 32
+# The ops' ``kernel`` argument for the AMX algorithm (tests put "amx_model" here, the same
+# kernel through the tiles' software model, to run the fast path's AMX branch without AMX).
+AMX_KERNEL = "amx"
 
 def policy() -> str:
     """``RESNET_FUSED_CONV1X1``: ``auto`` (default) or ``never``."""
@@ -74,18 +77,10 @@ def amx_status() -> str:
     return torch.ops.resnet_fused.cpu_amx_status()
 
 
-def amx_kernel() -> str:
-    """The ops' ``kernel`` argument for the AMX algorithm: ``"amx"`` (tests substitute
-    ``"amx_model"`` to run it through the tiles' model)."""
-    return "amx"
-
-
 def amx_path(dtype: torch.dtype, c_in: int) -> bool:
     """True if a conv that :func:`path` takes can also run on the AMX kernel: bfloat16, C_in a
-    multiple of :data:`AMX_STEP`, where :func:`amx_status` is available (or the kernel is the
-    model)."""
-    return (dtype == torch.bfloat16 and c_in % AMX_STEP == 0
-            and (amx_kernel() == "amx_model" or amx_status() == "available"))
+    multiple of :data:`AMX_STEP`, where :func:`amx_status` is available."""
+    return dtype == torch.bfloat16 and c_in % AMX_STEP == 0 and amx_status() == "available"
 
 
 def pack_weight(weight: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:

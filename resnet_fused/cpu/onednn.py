@@ -183,11 +183,11 @@ class OneDNNConv:
             choice = Choice("conv1x1", "rule: 1x1 convs on the package's GEMM where the CPU "
                                        "runs it")
         else:
+            use = winograd.by_rule(n, h, w, self.dtype, self.in_channels, self.out_channels)
             tiles = winograd.tiles(n, h, w, self.dtype)
             floor = winograd.min_tiles(self.dtype, self.in_channels, self.out_channels)
-            choice = (Choice("winograd", f"rule: {tiles} output tiles >= {floor}")
-                      if tiles >= floor else Choice("onednn", f"rule: {tiles} output tiles < "
-                                                              f"{floor} for Winograd"))
+            choice = (Choice("winograd", f"rule: {tiles} output tiles >= {floor}") if use
+                      else Choice("onednn", f"rule: {tiles} output tiles < {floor} for Winograd"))
         if len(self._choices) < self._MAX_ENTRIES:
             self._choices[key] = dataclasses.replace(choice, candidates=tuple(candidates))
         return choice.algorithm
@@ -284,7 +284,7 @@ class OneDNNConv:
             u = entry[0] if entry is not None else self._winograd_u()
             return _WINOGRAD(x, u, self._source[2], residual, relu)
         if algorithm in ("conv1x1", "conv1x1_amx"):  # this package's 1x1 kernels (.conv1x1)
-            kernel = "avx512" if algorithm == "conv1x1" else conv1x1.amx_kernel()
+            kernel = "avx512" if algorithm == "conv1x1" else conv1x1.AMX_KERNEL
             if residual is None:
                 return _CONV1X1(x, self._conv1x1_packed(), self._source[2], self.stride, relu,
                                 kernel)
