@@ -183,6 +183,14 @@ def test_opcheck(residual, generator):
         torch.library.opcheck(OP, (x, packed, shift, [2, 1], True, "amx_model"))
 
 
+def test_opcheck_requires_grad(generator):
+    """The plain op's backward (the unpacked weight's convolution) holds whatever kernel ran the
+    forward; the in-place op refuses arguments that require grad (tests/test_autograd.py)."""
+    x, _weight, _scale, shift, _res, packed = make_args(generator, 2, 64, 32, 5, 7, (2, 1))
+    torch.library.opcheck(OP, (x.requires_grad_(), packed.requires_grad_(), shift, [2, 1], True,
+                               "amx_model"))
+
+
 # --- the CPU fast path ---------------------------------------------------------------------------
 
 
