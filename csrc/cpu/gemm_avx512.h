@@ -36,13 +36,14 @@ bool avx512_bf16_available();
 // out[:, 0:n] = a @ b[:, 0:n] for bf16 a (rows x c) and pair-packed b (c x ldb: pair rows of
 // 2 ldb elements; b may point at a later column, 2 elements a column). Requires c even, n a
 // multiple of kGemmColumns, n <= ldb, lda >= c, ldo >= n, rows >= 0. Accumulates in fp32 (each
-// vdpbf16ps adds two products to a lane).
+// vdpbf16ps adds two products to a lane). `b_next`: the 64 columns of B (same layout and ldb)
+// the caller multiplies with next, prefetched during the last column block; nullptr: none.
 void gemm_bf16_pairs(const c10::BFloat16* a, int64_t rows, int64_t lda,
                      const c10::BFloat16* b_pairs, int64_t ldb, int64_t c, int64_t n, float* out,
-                     int64_t ldo);
+                     int64_t ldo, const c10::BFloat16* b_next = nullptr);
 
 // The same in fp32 (FMA), b plain row-major (c x ldb).
 void gemm_f32(const float* a, int64_t rows, int64_t lda, const float* b, int64_t ldb, int64_t c,
-              int64_t n, float* out, int64_t ldo);
+              int64_t n, float* out, int64_t ldo, const float* b_next = nullptr);
 
 }  // namespace resnet_fused

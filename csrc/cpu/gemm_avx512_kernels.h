@@ -4,6 +4,7 @@
 //
 //   Tile::init<Rows, Vectors>(acc)    fills the fp32 accumulators (zeros; bias + residual)
 //   Tile::finish<Rows, Vectors>(acc)  writes them out (plain fp32 rows; ReLU, rounding, in place)
+//   Tile::step(i)                     called at each reduction step i: room for a prefetch
 //
 // One micro-kernel call computes Rows rows of A by Vectors 16-column vectors of B (at most 6 x 4:
 // 24 of the 32 zmm registers hold accumulators across the whole reduction). Per reduction step
@@ -21,6 +22,7 @@
 #define RESNET_FUSED_HAS_AVX512_KERNELS 1
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 // Loops over a micro-kernel's rows and vectors (compile-time counts) must unroll fully, so that
@@ -70,6 +72,40 @@ inline __mmask16 tail_mask(int64_t n) {  // the first min(n, 16) lanes
   return _mm512_maskz_max_ps(kAll, _mm512_setzero_ps(), v);
 }
 
+// The slice of the next weight panel (the B columns the next micro-kernel calls multiply with)
+// that one call prefetches into L1, a cache line per reduction step (Tile::step): the slices of
+// the calls over one panel cover the next panel once. A model's weights do not fit in L3
+// (ResNet-50: 51 MB in bf16), so every forward streams them from memory, and with few calls per
+// panel (batch 1, 7x7 or 14x14) each panel's first pass waited for it. A panel row (one
+// reduction step's B vectors) is 64 columns: 256 bytes, 4 lines, in either dtype; the rows are
+// `row_bytes` apart.
+// Weights of more bytes than this (a Zen 4/5 core's L2) are prefetched; smaller ones stay in L2
+// from one call to the next, and prefetching them only cost time (Winograd 64 -> 64 at 56x56).
+constexpr int64_t kStreamedWeightBytes = int64_t{1} << 20;
+
+struct PanelPrefetch {
+  static constexpr int64_t kRowLines = 4;
+  const char* panel = nullptr;  // nullptr: nothing to prefetch
+  int64_t row_bytes = 0;
+  int64_t first = 0;     // this call's first line, counting along the rows
+  int64_t step_q16 = 0;  // lines per reduction step in 16.16 fixed point, at most 1
+
+  [[gnu::always_inline]] void at(int64_t step) const {
+    if (panel == nullptr) return;
+    const int64_t line = first + ((step * step_q16) >> 16);
+    _mm_prefetch(panel + (line >> 2) * row_bytes + (line & 3) * 64, _MM_HINT_T0);
+  }
+
+  // Call `call` of `calls` over a panel of `rows` rows, each call `rows` reduction steps long.
+  static PanelPrefetch slice(const void* panel, int64_t rows, int64_t row_bytes, int64_t call,
+                             int64_t calls) {
+    if (panel == nullptr || rows <= 0 || calls <= 0) return {};
+    const int64_t per_call = (rows * kRowLines + calls - 1) / calls;
+    return {static_cast<const char*>(panel), row_bytes, call * per_call,
+            std::min<int64_t>(int64_t{1} << 16, (per_call << 16) / rows)};
+  }
+};
+
 // bf16 (vdpbf16ps) on pair-packed B: b points at the block's first column in B's first row of
 // pairs, ldb is B's row length in columns (2 ldb elements per pair row).
 struct Bf16Pairs {
@@ -81,6 +117,7 @@ struct Bf16Pairs {
     __m512 acc[Rows][Vectors];
     tile.init(acc);
     for (int64_t pair = 0; pair < c / 2; ++pair) {
+      tile.step(pair);
       const Element* b_row = b + pair * 2 * ldb;
       __m512bh bv[Vectors];
       RESNET_FUSED_UNROLL for (int v = 0; v < Vectors; ++v) {
@@ -99,6 +136,8 @@ struct Bf16Pairs {
   }
 
   static int64_t column_offset(int64_t col) { return 2 * col; }  // pairs: 2 elements a column
+  static int64_t steps(int64_t c) { return c / 2; }              // reduction steps: pairs
+  static int64_t row_bytes(int64_t ldb) { return 2 * ldb * int64_t{sizeof(Element)}; }
 };
 
 // fp32 (FMA) on row-major B: b points at the block's first column in B's first row.
@@ -111,6 +150,7 @@ struct F32 {
     __m512 acc[Rows][Vectors];
     tile.init(acc);
     for (int64_t ci = 0; ci < c; ++ci) {
+      tile.step(ci);
       const Element* b_row = b + ci * ldb;
       __m512 bv[Vectors];
       RESNET_FUSED_UNROLL for (int v = 0; v < Vectors; ++v) {
@@ -127,6 +167,8 @@ struct F32 {
   }
 
   static int64_t column_offset(int64_t col) { return col; }
+  static int64_t steps(int64_t c) { return c; }
+  static int64_t row_bytes(int64_t ldb) { return ldb * int64_t{sizeof(Element)}; }
 };
 
 // Kind::micro<Rows, Vectors> with Rows and Vectors known only at run time (1..kRows,

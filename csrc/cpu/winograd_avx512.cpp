@@ -41,20 +41,23 @@ using avx512::tail_mask;
 struct Bf16F23 {
   using T = c10::BFloat16;
   static constexpr int M = 2;
-  // out[:, col:col + n] = a @ u[:, col:col + n] for a (rows x C) and the plane u (C x K).
+  // out[:, col:col + n] = a @ u[:, col:col + n] for a (rows x C) and the plane u (C x K); the
+  // caller multiplies with `next` next (prefetched; nullptr: nothing), a plane's first column.
   static void gemm(const T* a, int64_t rows, const T* u, int64_t col, int64_t n,
-                   const Geometry& g, float* out) {
-    gemm_bf16_pairs(a, rows, g.c, u + 2 * col, g.k, g.c, n, out + col, g.k);
+                   const Geometry& g, float* out, const T* next) {
+    gemm_bf16_pairs(a, rows, g.c, u + 2 * col, g.k, g.c, n, out + col, g.k, next);
   }
+  static int64_t column_offset(int64_t col) { return 2 * col; }  // pair-packed
 };
 
 struct F32F43 {
   using T = float;
   static constexpr int M = 4;
   static void gemm(const T* a, int64_t rows, const T* u, int64_t col, int64_t n,
-                   const Geometry& g, float* out) {
-    gemm_f32(a, rows, g.c, u + col, g.k, g.c, n, out + col, g.k);
+                   const Geometry& g, float* out, const T* next) {
+    gemm_f32(a, rows, g.c, u + col, g.k, g.c, n, out + col, g.k, next);
   }
+  static int64_t column_offset(int64_t col) { return col; }
 };
 
 // V[ij][t - t0][c] = (B^T d_t B)[i][j] for the tiles [t0, t1), into a buffer of `planes`
@@ -149,6 +152,9 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
     }
   };
   const int64_t plane_elements = g.c * g.k;  // of the filter, either layout
+  // Whether the GEMMs prefetch the filter they multiply with next (avx512::PanelPrefetch).
+  const bool streamed = kPlanes * plane_elements * static_cast<int64_t>(sizeof(T)) >
+                        avx512::kStreamedWeightBytes;
   const int64_t v_bytes = kPlanes * g.c * static_cast<int64_t>(sizeof(T));  // per tile
   const int64_t m_bytes = kPlanes * g.k * static_cast<int64_t>(sizeof(float));
   if (kPlanes * plane_elements * static_cast<int64_t>(sizeof(T)) > kMaxBlockedFilterBytes) {
@@ -165,8 +171,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
     at::parallel_for(0, kPlanes * column_blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t p = task / column_blocks, col = task % column_blocks * kTaskColumns;
+        const int64_t np = (task + 1) / column_blocks;  // the next task's plane and columns
+        const T* next = np < kPlanes && streamed ? us + np * plane_elements +
+                                           P::column_offset((task + 1) % column_blocks *
+                                                            kTaskColumns)
+                                     : nullptr;
         P::gemm(v + p * g.tiles * g.c, g.tiles, us + p * plane_elements, col,
-                std::min(kTaskColumns, g.k - col), g, m + p * g.tiles * g.k);
+                std::min(kTaskColumns, g.k - col), g, m + p * g.tiles * g.k, next);
       }
     });
     at::parallel_for(0, g.tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
@@ -191,7 +202,11 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
       auto* m = static_cast<float*>(scratch_bytes(kM, tb * m_bytes));
       input_transform<P>(xs, v, g, t0, t1, tb);
       for (int64_t p = 0; p < kPlanes; ++p) {
-        P::gemm(v + p * tb * g.c, tb, us + p * plane_elements, 0, g.k, g, m + p * tb * g.k);
+        // Then the next plane (after the last, the first again, for the next block).
+        const T* next = streamed ? us + (p + 1 < kPlanes ? p + 1 : 0) * plane_elements
+                                 : nullptr;
+        P::gemm(v + p * tb * g.c, tb, us + p * plane_elements, 0, g.k, g, m + p * tb * g.k,
+                next);
       }
       transform_out(m, t0, t1, tb);
     }

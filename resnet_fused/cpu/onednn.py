@@ -47,19 +47,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..folding import fold_scale
-from . import algorithms, conv1x1, winograd
+from . import algorithms, conv1x1, plan, winograd
 from .algorithms import Choice
+from .plan import RecordedOp
 
 __all__ = ["OneDNNConv"]
 
 # The overloads themselves: resolving an OpOverloadPacket by its arguments costs ~15 us a call.
-_CONV = torch.ops.mkldnn._convolution_pointwise.default
-_CONV_BINARY = torch.ops.mkldnn._convolution_pointwise.binary
-_CONV_SUM_ = torch.ops.mkldnn._convolution_pointwise_.binary
-_REORDER_WEIGHT = torch.ops.mkldnn._reorder_convolution_weight.default
-_WINOGRAD = torch.ops.resnet_fused.winograd_conv3x3.default
-_CONV1X1 = torch.ops.resnet_fused.conv1x1.default
-_CONV1X1_ = torch.ops.resnet_fused.conv1x1_residual_.default
+# The ops a fused conv runs are recorded into forward plans (.plan): each is given with the
+# positions of its activation arguments and, for in-place ops, of the tensor it writes.
+_CONV = RecordedOp(torch.ops.mkldnn._convolution_pointwise.default, (0,))
+_CONV_BINARY = RecordedOp(torch.ops.mkldnn._convolution_pointwise.binary, (0, 1))
+_CONV_SUM_ = RecordedOp(torch.ops.mkldnn._convolution_pointwise_.binary, (0, 1), mutated=0)
+_WINOGRAD = RecordedOp(torch.ops.resnet_fused.winograd_conv3x3.default, (0, 3))
+_CONV1X1 = RecordedOp(torch.ops.resnet_fused.conv1x1.default, (0,))
+_CONV1X1_ = RecordedOp(torch.ops.resnet_fused.conv1x1_residual_.default, (0, 1), mutated=0)
+_REORDER_WEIGHT = torch.ops.mkldnn._reorder_convolution_weight.default  # preparation only
 
 _DILATION = [1, 1]
 _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
@@ -217,7 +220,7 @@ class OneDNNConv:
 
         key = (str(self.dtype), self.in_channels, self.out_channels, self.kh, self.kw,
                *self.stride, *self.padding, shape[0], shape[2], shape[3], residual)
-        with torch.inference_mode():
+        with torch.inference_mode(), plan.paused():
             choice = algorithms.measure(key, candidates, lambda c: self._compute(c, x, r, relu),
                                         launch, reference, self.dtype)
         self._drop_unused(choice.algorithm, (shape[0], shape[2], shape[3]))

@@ -25,13 +25,18 @@ from torch import Tensor, nn
 
 from . import capability
 from .onednn import _fingerprint
+from .plan import RecordedOp
 
 __all__ = ["GlobalAvgPool", "MaxPool", "PackedLinear", "global_avg_pool", "max_pool2d"]
 
 
+# Recorded into forward plans (.plan) when it runs on the fast path, as the convs are.
+_MAX_POOL2D = RecordedOp(torch.ops.resnet_fused.max_pool2d.default, (0,))
+
+
 def max_pool2d(x: Tensor, kernel_size, stride, padding) -> Tensor:
     """``torch.max_pool2d`` (dilation 1, floor mode) without indices; channels_last output."""
-    return torch.ops.resnet_fused.max_pool2d(x, list(kernel_size), list(stride), list(padding))
+    return _MAX_POOL2D(x, list(kernel_size), list(stride), list(padding))
 
 
 def global_avg_pool(x: Tensor) -> Tensor:
