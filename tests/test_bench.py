@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -478,3 +479,18 @@ def test_cpu_table_with_peers(tmp_path, monkeypatch):
     assert "OpenVINO img/s" in md and "ONNX Runtime img/s" not in md
     assert "**1.20x** (1.20–1.20) vs OpenVINO" in md  # the fastest other baseline
     assert "not run: ONNX Runtime: no bfloat16 convolutions" in md
+
+
+def test_forward_plan_ab(tmp_path, capsys, monkeypatch):
+    """benchmarks/cpu_forward_plan.py on a tiny input: the plan's output checked against the
+    Python forward's and the reference, both settings timed every round, the env restored."""
+    monkeypatch.setenv("RESNET_FUSED_FORWARD_PLAN", "auto")
+    module = _load_script("cpu_forward_plan", monkeypatch)
+    out = tmp_path / "plan.json"
+    assert module.main(["--batch", "1", "--dtype", "float32", "--rounds", "4", "--calls", "1",
+                        "--size", "32", "--json", str(out)]) == 0
+    assert "batch 1 float32  : plan" in capsys.readouterr().out
+    (case,) = json.loads(out.read_text())["cases"]
+    assert len(case["times_s"]["auto"]) == len(case["times_s"]["never"]) == 4
+    assert case["ratio_median"] > 0 and case["rel_error"] < 1e-3
+    assert os.environ["RESNET_FUSED_FORWARD_PLAN"] == "auto"
