@@ -838,26 +838,47 @@ def test_bad_policy_is_named(random_models, generator, monkeypatch):
     assert_same_bits(ys, run(model, x))
 
 
-def test_failed_recording_forward_leaves_no_recorder(random_models, generator, python_runs):
-    """An exception inside the recording forward (here from a hook on the 2nd call) ends the
-    recording: later calls, on this model or another, record and run normally."""
+def test_failed_recording_forward_leaves_no_recorder(random_models, generator, python_runs,
+                                                     monkeypatch):
+    """An exception inside the recording forward (here from the recorder itself, on the 2nd
+    call) ends the recording: later calls, on this model or another, record and run normally."""
     model = fuse(random_models("resnet18"), backend="cpu")
     x = torch.randn(1, 3, 64, 64, generator=generator)
-    calls = []
+    append = plan_module._Recorder.append
+    appended = []
 
-    def hook(module, args, output):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("hook failed")
+    def failing(self, *args):
+        appended.append(1)
+        if len(appended) == 5:
+            raise RuntimeError("recording failed")
+        return append(self, *args)
 
-    handle = model.stages[2][0].convs[1].register_forward_hook(hook)
+    monkeypatch.setattr(plan_module._Recorder, "append", failing)
     run(model, x)
-    with pytest.raises(RuntimeError, match="hook failed"):
+    with pytest.raises(RuntimeError, match="recording failed"):
         run(model, x)
-    handle.remove()
+    monkeypatch.setattr(plan_module._Recorder, "append", append)
     assert getattr(plan_module._local, "recorder", None) is None
     assert not model._plans.plans
     ys = until_planned(model, x, python_runs)
     assert_same_bits(ys, plan_off(model, x))
     other = fuse(random_models("resnet18"), backend="cpu")
     assert_same_bits(until_planned(other, x, python_runs), ys)
+
+
+def test_recording_keeps_no_activation_alive(generator):
+    """The recorder forgets an activation's id when the tensor is freed (so a later tensor with
+    the same id is not taken for it) and holds none alive itself."""
+    x = torch.randn(1, 8, 9, 9, generator=generator).contiguous(memory_format=torch.channels_last)
+    recorder = plan_module._Recorder(x)
+    pool = plan_module.RecordedOp(torch.ops.resnet_fused.max_pool2d.default, (0,))
+    with torch.inference_mode():
+        y = pool(x, [3, 3], [2, 2], [1, 1])
+        recorder.append(pool, (x, [3, 3], [2, 2], [1, 1]), y)
+        z = pool(y, [3, 3], [2, 2], [1, 1])
+        recorder.append(pool, (y, [3, 3], [2, 2], [1, 1]), z)
+    assert recorder.slot_of(y) == 1 and recorder.slot_of(z) == 2
+    y_id = id(y)
+    del y
+    assert y_id not in recorder.slots
+    assert recorder.slot_of(z) == 2 and recorder.failed is None

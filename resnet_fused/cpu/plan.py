@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -90,8 +91,11 @@ class _Recorder:
 
     def __init__(self, x: Tensor) -> None:
         self.plan = torch.classes.resnet_fused.ForwardPlan()
-        self.slots = {id(x): 0}  # id of each activation -> its slot
-        self.alive = [x]  # every activation, so that no id is reused while recording
+        self.slots = {id(x): 0}  # id of each live activation -> its slot
+        # An activation's id leaves `slots` when the tensor is freed (CPython frees at once, so
+        # before a new tensor can reuse the id): the recording holds no activation alive, which
+        # at a large batch would be every activation of the forward at once.
+        self.forget: list[weakref.ref] = []
         self.failed: str | None = None
 
     def append(self, op: RecordedOp, args: tuple, result: Tensor) -> None:
@@ -115,9 +119,16 @@ class _Recorder:
                 return
             else:
                 constants.append(tuple(a) if isinstance(a, list) else a)
-        self.slots[id(result)] = self.plan.add_step(op.name, op.overload, constants, positions,
-                                                    slots, op.mutated)
-        self.alive.append(result)
+        slot = self.plan.add_step(op.name, op.overload, constants, positions, slots, op.mutated)
+        key = id(result)
+        self.slots[key] = slot
+        self.forget.append(weakref.ref(result, lambda _, key=key, slot=slot: self._freed(key,
+                                                                                        slot)))
+
+    def _freed(self, key: int, slot: int) -> None:
+        # An in-place op's result is the same tensor under a newer slot: only the newest goes.
+        if self.slots.get(key) == slot:
+            del self.slots[key]
 
     def slot_of(self, t: Tensor) -> int | None:
         return self.slots.get(id(t))
