@@ -115,6 +115,7 @@ def cpu_rows() -> list[tuple[str, str]]:
         ("choice", _choice_row()),
         ("winograd", _winograd_row()),
         ("conv1x1", _conv1x1_row()),
+        ("plans", _plan_row()),
     ]
 
 
@@ -153,6 +154,19 @@ def _conv1x1_row() -> str:
            else f"AMX kernel {amx}")
     return (f"auto (RESNET_FUSED_CONV1X1): 1x1 convs on this package's AVX-512 GEMM in "
             f"{' and '.join(dtypes)}, the residual summed in place; {amx}")
+
+
+def _plan_row() -> str:
+    from .cpu import plan
+
+    try:
+        rule = plan.policy()
+    except ValueError as err:
+        return f"invalid setting: {err}"
+    if rule == "never":
+        return "never (RESNET_FUSED_FORWARD_PLAN): every forward runs in Python"
+    return ("auto (RESNET_FUSED_FORWARD_PLAN): a fused model's forward is recorded on the "
+            "second call of an input shape and replayed from C++ after that (same bits)")
 
 
 def _winograd_row() -> str:

@@ -882,3 +882,14 @@ def test_recording_keeps_no_activation_alive(generator):
     del y
     assert y_id not in recorder.slots
     assert recorder.slot_of(z) == 2 and recorder.failed is None
+
+
+@pytest.mark.parametrize("setting", ["auto", "never", "bogus"])
+def test_info_reports_the_setting(setting, monkeypatch):
+    from resnet_fused import info
+
+    monkeypatch.setenv("RESNET_FUSED_FORWARD_PLAN", setting)
+    row = info._plan_row()
+    expected = {"auto": "replayed from C++", "never": "every forward runs in Python",
+                "bogus": "invalid setting: RESNET_FUSED_FORWARD_PLAN"}[setting]
+    assert expected in row
