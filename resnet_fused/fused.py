@@ -13,6 +13,10 @@ runs the raw op, whose backward is registered (:mod:`resnet_fused.autograd`); Ba
 frozen (folded), so ``train(True)`` is refused. NaN and Inf stay visible: the CPU fast path's
 oneDNN ReLU post-op would turn a NaN into 0, so a forward whose input is not all finite, and a
 conv whose weight or BatchNorm numbers are not, run the raw op, whose epilogue keeps them.
+
+On the CPU fast path a fused ResNet records the ops of each input shape's forward once and then
+replays them from C++ (:mod:`resnet_fused.cpu.plan`): the same ops and bits, without the Python
+between them, for as long as nothing they were recorded against changes.
 """
 
 from __future__ import annotations
