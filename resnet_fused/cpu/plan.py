@@ -1,14 +1,14 @@
 """Forward plans: a fused model's CPU forward, recorded once per input shape, replayed from C++.
 
-The CPU fast path spends ~15 us of Python around each conv (module call, checks that the
-prepared weights are current, choosing the kernel, dispatch from Python): in bf16 at batch 1 on
-one Zen 5 core the forward took 18.7 ms with it and 18.0 ms without (plans, 4%). Once a model
-has run an input shape, the ops that forward runs are known: the stem, the max-pool and each
-block's convs, in order, with their prepared weights. So :class:`PlanCache` records them on a later call of that shape (every fast-path op is
-a :class:`RecordedOp`), checks that replaying them gives the Python forward's output bit for bit,
-and from then on runs that shape as one call of ``torch.classes.resnet_fused.ForwardPlan``
-(csrc/cpu/forward_plan.cpp): the same ops with the same arguments in the same order, the same
-bits, ~1 us per op around the kernels.
+The CPU fast path spends ~15 us of Python around each conv (module call, checks that the prepared
+weights are current, choosing the kernel, dispatch from Python): in bf16 at batch 1 on one Zen 5
+core the forward took 18.7 ms with it and 18.0 ms without (plans, 4%). Once a model has run an
+input shape, the ops that forward runs are known: the stem, the max-pool and each block's convs, in
+order, with their prepared weights. So :class:`PlanCache` records them on a later call of that
+shape (every fast-path op is a :class:`RecordedOp`), checks that replaying them gives the Python
+forward's output bit for bit, and from then on runs that shape as one call of
+``torch.classes.resnet_fused.ForwardPlan`` (csrc/cpu/forward_plan.cpp): the same ops with the same
+arguments in the same order, the same bits, ~1 us per op around the kernels.
 
 A plan is used only while nothing it depends on has changed; otherwise the model runs in Python
 (which prepares again where needed) and a new plan is recorded later:
