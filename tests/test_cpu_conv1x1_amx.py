@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_cpu_conv1x1 import case_id
+from test_cpu_conv1x1 import case_id, reference
+from test_cpu_conv1x1 import make_args as conv1x1_case
 
 from resnet_fused import tuning
 from resnet_fused.cpu import conv1x1, onednn
 from resnet_fused.cpu.capability import cpu_capability
 from resnet_fused.fused import FusedConvBNAct
-from resnet_fused.reference import conv_bn_act_reference
 from resnet_fused.testing import assert_within_bound, random_bn_params
 
 CL = torch.channels_last
@@ -44,19 +44,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def make_args(generator, n, c, k, h, w, stride):
-    """Random bf16 input, packed weight, fp32 BatchNorm shift, residual; the fp32 reference
-    weight and scale."""
-    weight = (torch.randn(k, c, 1, 1, generator=generator) * (2.0 / c) ** 0.5).to(BF16)
-    scale, shift = random_bn_params(k, generator)
-    x = torch.randn(n, c, h, w, generator=generator).to(BF16).contiguous(memory_format=CL)
-    ho, wo = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
-    res = torch.randn(n, k, ho, wo, generator=generator).to(BF16).contiguous(memory_format=CL)
-    return x, weight, scale, shift, res, conv1x1.pack_weight(weight, scale, BF16)
-
-
-def reference(x, weight, scale, shift, res, stride, relu):
-    return conv_bn_act_reference(x.float(), weight.float(), scale, shift,
-                                 None if res is None else res.float(), stride, (0, 0), relu)
+    """test_cpu_conv1x1's random case in bf16 (input channels_last), and the packed weight."""
+    x, weight, scale, shift, res = conv1x1_case(generator, n, c, k, h, w, stride, BF16)
+    return (x.contiguous(memory_format=CL), weight, scale, shift, res,
+            conv1x1.pack_weight(weight, scale, BF16))
 
 
 # (n, c, k, h, w, stride): 1 pixel to several 32-row groups and row blocks (bf16 inputs above

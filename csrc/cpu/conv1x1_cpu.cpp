@@ -62,10 +62,10 @@ struct OutputTile {
   bool accumulate;
   bool relu;
   const Element* next;
-  // The next task's weight panel, a slice per tile (avx512::PanelPrefetch), prefetched by the
-  // Streaming tiles below, for weights past kStreamedWeightBytes. Alone, 2048 -> 512 at 7x7 took
-  // 0.21 ms with the weight in cache and 0.27-0.30 ms without, 0.24 with this (bf16; fp32:
-  // 0.52-0.55 -> 0.46-0.47 ms; one Zen 5 core; the L2 hint gained half as much).
+  // The next task's weight panel, a slice per tile (avx512::PanelPrefetch), prefetched where
+  // the tile is an avx512::Streaming one (weights past kStreamedWeightBytes). Alone, 2048 -> 512
+  // at 7x7 took 0.21 ms with the weight in cache and 0.27-0.30 ms without, 0.24 with this (bf16;
+  // fp32: 0.52-0.55 -> 0.46-0.47 ms; one Zen 5 core; the L2 hint gained half as much).
   avx512::PanelPrefetch weights;
 
   [[gnu::always_inline]] void step(int64_t) const {}
@@ -131,13 +131,6 @@ struct OutputTileBf16 : OutputTile<c10::BFloat16> {
 
 #undef RESNET_FUSED_OUTPUT_TILE_METHODS
 
-// The same with the prefetch at each reduction step (a separate type, so that the tiles of
-// small weights have no per-step work at all).
-template <typename Tile>
-struct Streaming : Tile {
-  [[gnu::always_inline]] void step(int64_t i) const { this->weights.at(i); }
-};
-
 template <typename Kind> struct TileFor;
 template <> struct TileFor<avx512::F32> { using type = OutputTileF32; };
 template <> struct TileFor<avx512::Bf16Pairs> { using type = OutputTileBf16; };
@@ -145,7 +138,7 @@ template <> struct TileFor<avx512::Bf16Pairs> { using type = OutputTileBf16; };
 template <typename Kind, typename Tile>
 void run_tiles(const typename Kind::Element* x, const typename Kind::Element* w,
                const float* bias, typename Kind::Element* out, bool accumulate, bool relu,
-               const Shape& s, bool streamed) {
+               const Shape& s) {
   using Element = typename Kind::Element;
   const int64_t pixels = s.pixels(), panels = s.panels();
   const Conv1x1Tasks tasks =
@@ -157,11 +150,11 @@ void run_tiles(const typename Kind::Element* x, const typename Kind::Element* w,
       const int64_t q = task % panels, col = q * kPanel;
       const int vectors = static_cast<int>(std::min(kPanel, s.k - col) / kGemmColumns);
       const Element* panel = w + q * s.c * kPanel;  // (C, 64), or (C/2, 64, 2) for bf16
-      // The next task's panel (the next one, or the first again for the next row block).
-      const Element* next_panel = !streamed       ? nullptr
-                                  : q + 1 < panels ? panel + s.c * kPanel
-                                  : r1 < pixels    ? w
-                                                   : nullptr;
+      // The next task's panel (the next one, or the first again for the next row block); only
+      // Streaming tiles prefetch it.
+      const Element* next_panel = q + 1 < panels ? panel + s.c * kPanel
+                                  : r1 < pixels  ? w
+                                                 : nullptr;
       const int64_t tiles = (r1 - r0 + kRows - 1) / kRows;
       for (int64_t r = r0; r < r1; r += kRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kRows, r1 - r));
@@ -200,9 +193,9 @@ void run(const typename Kind::Element* x, const typename Kind::Element* w, const
                             static_cast<int64_t>(sizeof(typename Kind::Element)) >
                         avx512::kStreamedWeightBytes;
   if (streamed) {
-    run_tiles<Kind, Streaming<Tile>>(x, w, bias, out, accumulate, relu, s, true);
+    run_tiles<Kind, avx512::Streaming<Tile>>(x, w, bias, out, accumulate, relu, s);
   } else {
-    run_tiles<Kind, Tile>(x, w, bias, out, accumulate, relu, s, false);
+    run_tiles<Kind, Tile>(x, w, bias, out, accumulate, relu, s);
   }
 }
 

@@ -108,10 +108,7 @@ class ForwardPlan : public torch::CustomClassHolder {
       if (last_use[s] >= 0) steps_[last_use[s]].release.push_back(s);
     }
     outputs_ = std::move(outputs);
-    for (const at::Tensor& t : sources) {
-      sources_.push_back({t.unsafeGetTensorImpl(), t.data_ptr(), version_of(t)});
-      keep_.push_back(t);
-    }
+    for (const at::Tensor& t : sources) sources_.push_back({t, t.data_ptr(), version_of(t)});
     finished_ = true;
   }
 
@@ -160,7 +157,7 @@ class ForwardPlan : public torch::CustomClassHolder {
     int64_t result = 0;
   };
   struct Source {
-    const c10::TensorImpl* impl;
+    at::Tensor tensor;  // held, so that no other tensor can take its TensorImpl's address
     const void* data;
     int64_t version;
   };
@@ -170,7 +167,7 @@ class ForwardPlan : public torch::CustomClassHolder {
     for (size_t i = 0; i < sources.size(); ++i) {
       const at::Tensor& t = sources[i];
       const Source& s = sources_[i];
-      if (t.unsafeGetTensorImpl() != s.impl || t.data_ptr() != s.data ||
+      if (!t.is_same(s.tensor) || t.data_ptr() != s.data ||
           version_of(t) != s.version) {
         return false;
       }
@@ -182,7 +179,6 @@ class ForwardPlan : public torch::CustomClassHolder {
   int64_t slot_count_ = 1;
   std::vector<int64_t> outputs_;
   std::vector<Source> sources_;
-  std::vector<at::Tensor> keep_;  // the sources, alive while the plan holds their addresses
   bool finished_ = false;
 };
 

@@ -45,11 +45,6 @@ struct StoreTile {
   }
 };
 
-// The same, prefetching (a separate type: GEMMs of small filters have no per-step work at all).
-struct StreamingStoreTile : StoreTile {
-  [[gnu::always_inline]] void step(int64_t i) const { weights.at(i); }
-};
-
 // Column blocks (64 columns, fewer in the last) outermost: a block's slice of B (c x 64 columns,
 // at most 128 KiB for c = 512 in fp32) stays in L2 while every row of A passes it; kRows rows of
 // A per micro-kernel call, which prefetch the next block's slice (after the last, b_next's).
@@ -82,7 +77,7 @@ void gemm(const typename Kind::Element* a, int64_t rows, int64_t lda,
           const typename Kind::Element* b, int64_t ldb, int64_t c, int64_t n, float* out,
           int64_t ldo, const typename Kind::Element* b_next) {
   if (b_next != nullptr) {
-    gemm_tiles<Kind, StreamingStoreTile>(a, rows, lda, b, ldb, c, n, out, ldo, b_next);
+    gemm_tiles<Kind, avx512::Streaming<StoreTile>>(a, rows, lda, b, ldb, c, n, out, ldo, b_next);
   } else {
     gemm_tiles<Kind, StoreTile>(a, rows, lda, b, ldb, c, n, out, ldo, b_next);
   }

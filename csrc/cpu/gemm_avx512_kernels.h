@@ -106,6 +106,13 @@ struct PanelPrefetch {
   }
 };
 
+// A Tile whose step(i) prefetches its `weights` slice; the plain Tile's step is empty, so the
+// tiles of small (cached) weights have no per-step work at all.
+template <typename Tile>
+struct Streaming : Tile {
+  [[gnu::always_inline]] void step(int64_t i) const { this->weights.at(i); }
+};
+
 // bf16 (vdpbf16ps) on pair-packed B: b points at the block's first column in B's first row of
 // pairs, ldb is B's row length in columns (2 ldb elements per pair row).
 struct Bf16Pairs {

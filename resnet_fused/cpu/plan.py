@@ -234,16 +234,14 @@ class PlanCache:
                 self.plans[key] = plan  # most recently used last
                 return outputs
         # No plan, or a stale one (dropped): run in Python, record again later.
-        if torch.is_grad_enabled() and x.requires_grad:
-            return forward()[0]
         calls = self.calls.get(key, 0) + 1
         if calls < self.wait.get(key, 2):
             if key in self.calls or len(self.calls) < self._MAX_KEYS:
                 self.calls[key] = calls
             return forward()[0]
         planned = modules()
-        if torch.is_grad_enabled() and any(t.requires_grad for m in planned
-                                           for t in _tensors(m)):
+        if torch.is_grad_enabled() and (x.requires_grad or any(
+                t.requires_grad for m in planned for t in _tensors(m))):
             return forward()[0]  # autograd records this forward (fine-tuning): try later
         if _global_hooks() or any(any(_hook_dicts(m)) or "forward" in m.__dict__
                                   for m in planned):
