@@ -25,6 +25,7 @@ from resnet_fused.testing import (
     randomize_batchnorm_,
     reference_dtype,
     relative_error,
+    round_to_tf32,
     tolerance,
     try_import,
 )
@@ -192,6 +193,14 @@ def test_fp32_with_tf32_takes_the_tensor_core_path(generator):
         y = run_and_check(args, torch.float32)
     err = relative_error(y, ref)
     assert err > 1e-5, f"relative error {err:.3g}: fp32-exact, so TF32 tensor cores did not run"
+    # Against the same operands rounded to TF32 first (cvt.rna, tests/test_tf32_bound.py), the
+    # kernel's only error is its fp32 accumulation: truncating instead of rounding, or rounding
+    # the accumulator, would show here as TF32-sized error.
+    x, wt, *rest = args
+    emulated = reference(round_to_tf32(x), round_to_tf32(wt), *rest)
+    err_emulated = relative_error(y, emulated)
+    assert err_emulated <= 1e-5, (f"relative error {err_emulated:.3g} against TF32-rounded operands: "
+                                  "the kernel does not round its operands as cvt.rna does")
 
 
 @pytest.mark.parametrize("path", ["direct", "simt"])

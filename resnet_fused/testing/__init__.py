@@ -28,6 +28,7 @@ from .numerics import (
     no_tf32,
     reference_dtype,
     relative_error,
+    round_to_tf32,
     tolerance,
 )
 from .optional import import_or_skip, try_import
@@ -48,6 +49,7 @@ __all__ = [
     "reference_dtype",
     "relative_error",
     "resnet_conv_shapes",
+    "round_to_tf32",
     "tolerance",
     "try_import",
 ]

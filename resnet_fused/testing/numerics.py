@@ -113,6 +113,18 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def round_to_tf32(t: Tensor) -> Tensor:
+    """``t`` (float32) rounded to TF32's 10-bit mantissa as the GPU's ``cvt.rna.tf32.f32`` does:
+    to nearest, ties away from zero; NaN stays NaN, overflow goes to infinity. Emulates on any
+    device what TF32 tensor cores do to their operands (products and sums stay fp32)."""
+    if t.dtype != torch.float32:
+        raise TypeError(f"round_to_tf32: t must be float32, got {t.dtype}")
+    bits = t.contiguous().view(torch.int32)
+    # Sign-magnitude bits: adding half of the 13 dropped bits' unit rounds the magnitude.
+    rounded = ((bits + 0x1000) & ~0x1FFF).view(torch.float32).view_as(t)
+    return torch.where(torch.isnan(t), t, rounded)
+
+
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
     """fp32 convolutions and matmuls in IEEE fp32 (no TF32 tensor cores): references must be."""
