@@ -33,6 +33,7 @@ from .checks import SUPPORTED_DTYPES
 from .cpu import capability, onednn
 from .cpu.plan import PlanCache
 from .cpu.pooling import GlobalAvgPool, MaxPool, PackedLinear
+from .cuda import channels
 from .folding import fold_batchnorm, is_batchnorm
 
 __all__ = ["FusedBlock", "FusedConvBNAct", "FusedResNet", "fuse"]
@@ -96,6 +97,9 @@ class FusedConvBNAct(nn.Module):
         self.relu = relu
         self.backend = backend
         self._onednn: onednn.OneDNNConv | None = None  # derived state, see _onednn_conv
+        # Derived too: on a GPU, the weight with the channels the CUDA kernels pad to (the stem's
+        # 3 -> 8), made once instead of by the op on every call.
+        self._padded_weight = channels.PaddedWeight()
 
     @classmethod
     def from_conv_bn(cls, conv: nn.Module, bn: nn.Module, relu: bool, backend: str,
@@ -125,6 +129,7 @@ class FusedConvBNAct(nn.Module):
         # keep the exact fp32 values and only follow the move to another device.
         scale, shift = self.scale, self.shift
         self._onednn = None  # prepared from the old tensors; don't keep them alive
+        self._padded_weight.clear()
         super()._apply(fn, recurse)
         self.scale = scale.to(self.scale.device)
         self.shift = shift.to(self.shift.device)
@@ -162,6 +167,9 @@ class FusedConvBNAct(nn.Module):
                 y = conv.run(x, residual, relu, residual_is_scratch)
                 if y is not None:
                     return y
+        pad_to = channels.needs_padding(x, self.backend)
+        if pad_to is not None and x.dtype == weight.dtype and x.shape[1] == weight.shape[1]:
+            x, weight = channels.pad_channels(x, pad_to), self._padded_weight.get(weight, pad_to)
         return ops.conv_bn_act(x, weight, buffers["scale"], buffers["shift"], residual,
                                self.stride, self.padding, relu, self.backend)
 
@@ -188,15 +196,21 @@ class FusedConvBNAct(nn.Module):
         return conv is None or conv.finite
 
     def refresh(self) -> None:
-        """Drops the prepared oneDNN weights (rebuilt on the next call from the buffers)."""
+        """Drops the prepared weights (oneDNN's, the padded one; rebuilt on the next call)."""
         self._onednn = None
+        self._padded_weight.clear()
 
     def __getstate__(self) -> dict:
         # The prepared weights are derived (and oneDNN-layout tensors cannot be pickled):
         # copies and pickles rebuild them on their first call.
         state = self.__dict__.copy()
         state["_onednn"] = None
+        state["_padded_weight"] = channels.PaddedWeight()
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_padded_weight", channels.PaddedWeight())  # pickled before it existed
+        super().__setstate__(state)
 
     def extra_repr(self) -> str:
         k, c, r, s = self.weight.shape

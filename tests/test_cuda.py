@@ -17,6 +17,7 @@ import torch
 
 import resnet_fused
 from resnet_fused import ops
+from resnet_fused.cuda import channels
 from resnet_fused.poison import poisoned_outputs
 from resnet_fused.reference import add_relu_reference, conv_bn_act_reference
 from resnet_fused.testing import (
@@ -199,8 +200,8 @@ def test_fp32_with_tf32_takes_the_tensor_core_path(generator):
     x, wt, *rest = args
     emulated = reference(round_to_tf32(x), round_to_tf32(wt), *rest)
     err_emulated = relative_error(y, emulated)
-    assert err_emulated <= 1e-5, (f"relative error {err_emulated:.3g} against TF32-rounded operands: "
-                                  "the kernel does not round its operands as cvt.rna does")
+    assert err_emulated <= 1e-5, (f"relative error {err_emulated:.3g} against TF32-rounded "
+                                  "operands: the kernel does not round them as cvt.rna does")
 
 
 @pytest.mark.parametrize("path", ["direct", "simt"])
@@ -419,6 +420,25 @@ def test_resnet50_fused_cuda_vs_fp32_model(dtype, generator):
 def _fused_resnet18(dtype, generator):
     model = randomize_batchnorm_(resnet_fused.resnet18(), generator).eval().cuda()
     return resnet_fused.fuse(model, backend="cuda", dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_fused_stem_pads_its_weight_once(dtype, generator):
+    """The fused stem (3 input channels) hands the op operands padded to the kernels' 16-byte
+    rows, the weight padded once and reused; its result is the op's on the unpadded tensors."""
+    stem = _fused_resnet18(dtype, generator).stem
+    x = torch.randn(2, 3, 64, 64, generator=generator).cuda().to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        first = stem(x)
+        padded = stem._padded_weight._padded
+        again = stem(x)
+        expected = ops.conv_bn_act(x, stem.weight, stem.scale, stem.shift, None, stem.stride,
+                                   stem.padding, stem.relu, backend="cuda")
+    assert padded is not None and padded.shape[1] == channels.aligned_channels(3, dtype)
+    assert stem._padded_weight._padded is padded, "the padded weight was made again"
+    assert torch.equal(first, again)
+    assert relative_error(first.float(), expected.float()) <= tolerance(dtype, "op", "cuda")
 
 
 def test_torch_compile_fullgraph(generator):

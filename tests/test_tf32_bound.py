@@ -105,8 +105,8 @@ def test_resnet50_with_tf32_convs_fits_the_tf32_bound(generator):
     x = torch.randn(1, 3, 224, 224, generator=generator)
     ref = _stages(model.double(), x.double())
     got = _stages(_with_tf32_convs(model.float()), x)
-    errors = [relative_error(g, r) for g, r in zip(got, ref)]
+    errors = [relative_error(g, r) for g, r in zip(got, ref, strict=True)]
     names = ["layer1", "layer2", "layer3", "layer4", "logits"]
-    detail = ", ".join(f"{n} {e:.3g}" for n, e in zip(names, errors))
+    detail = ", ".join(f"{n} {e:.3g}" for n, e in zip(names, errors, strict=True))
     assert max(errors) <= TF32_TOLERANCE / 2, f"TF32 ResNet-50 too far from fp64: {detail}"
     assert min(errors) > 1e-5, f"fp32-sized errors, so no TF32 rounding happened: {detail}"
