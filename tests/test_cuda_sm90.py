@@ -156,6 +156,25 @@ def test_every_configuration(config, dtype, generator):
     assert ran >= 1, f"{config} is a candidate for none of the family shapes"
 
 
+STREAM_K = "sm90_cutlass:gemm_128x128x64_streamk"
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_stream_k_on_batch_1_1x1_convs_is_right_and_deterministic(dtype, generator):
+    """Stream-K on every ResNet-50 1x1 stride-1 conv at batch 1 (where its k-tiles spread over
+    SMs whole tiles would leave idle): within the bound, with and without the residual, and the
+    same bits on every run (the partial sums are reduced in a fixed order through the
+    workspace, which is fresh from the allocator on each call)."""
+    ones = [s for s in RESNET50 if s[1][2:] == (1, 1) and tuple(s[2]) == (1, 1)]
+    assert ones
+    for x_size, w_size, stride, padding, residual in ones:
+        args = make_args(x_size, w_size, stride, padding, residual, True, dtype, generator)
+        first = check(args, STREAM_K)
+        for _ in range(3):
+            assert torch.equal(IMPL(*args, STREAM_K), first), (x_size, w_size)
+
+
 @needs_sm90
 def test_the_cutlass_kernel_really_runs(generator):
     """The profiler sees a CUTLASS conv kernel (not the mma.sync one) for the sm90 impl."""

@@ -31,12 +31,16 @@ CONFIGS = {
     "128x64x16_c1x1": (128, 64, 16, 1, 1, True),
     "gemm_128x128x64_pingpong": (128, 128, 64, 1, 1, True),
     "gemm_256x128x64_c1x2_coop": (256, 128, 64, 1, 2, True),
+    "gemm_128x128x64_streamk": (128, 128, 64, 1, 1, True),
 }
-# The configurations that are CUTLASS's persistent GEMM (1x1 stride-1 convs only).
-GEMMS = {"gemm_128x128x64_pingpong", "gemm_256x128x64_c1x2_coop"}
+# The configurations that are CUTLASS's persistent GEMM (1x1 stride-1 convs only), and among
+# them the stream-K one, for GEMMs of at most STREAM_K_MAX_TILES output tiles.
+GEMMS = {"gemm_128x128x64_pingpong", "gemm_256x128x64_c1x2_coop", "gemm_128x128x64_streamk"}
+STREAM_K = {"gemm_128x128x64_streamk"}
+STREAM_K_MAX_TILES = 512
 CANDIDATES = {
     "1x1": ["128x128x64_c1x1", "128x128x64_c2x1", "128x64x64_c1x1", "gemm_128x128x64_pingpong",
-            "gemm_256x128x64_c1x2_coop"],
+            "gemm_256x128x64_c1x2_coop", "gemm_128x128x64_streamk"],
     "1x1_strided": ["128x128x64_c1x1", "128x64x64_c1x1"],
     "3x3": ["128x128x64_c1x1", "128x128x64_c2x1", "128x64x64_c1x1"],
     "stem": ["128x64x16_c1x1"],
@@ -80,7 +84,8 @@ def expected_plan(input_size, weight_size, stride, padding, residual, relu, conf
     p, q = (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
     eb = 2
     return {
-        "ok": 1, "family": fam, "config": name, "gemm": int(name in GEMMS), "tile": (tm, tn, tk),
+        "ok": 1, "family": fam, "config": name, "gemm": int(name in GEMMS),
+        "stream_k": int(name in STREAM_K), "tile": (tm, tn, tk),
         "cluster": (cm, cn),
         "residual": int(residual), "relu": int(relu), "element_bytes": eb,
         "c_padded": cp, "pad_channels": int(cp != c),
@@ -92,6 +97,7 @@ def expected_plan(input_size, weight_size, stride, padding, residual, relu, conf
         "gemm_mnk": (n * p * q, k, r * s * cp),
         "k_tiles": r * s * cdiv(cp, tk),
         "grid": (cdiv(cdiv(n * p * q, tm), cm) * cm, cdiv(cdiv(k, tn), cn) * cn),
+        "output_tiles": cdiv(n * p * q, tm) * cdiv(k, tn),
         # im2col: dims innermost first, byte strides of W/H/N, corners (w, h) of the box the
         # filter's top-left tap sweeps, traversal strides per dim, box = tile K x tile M.
         "tma_a_dims": (cp, w, h, n),
@@ -173,8 +179,12 @@ def test_every_resnet_1x1_conv_plans_as_a_persistent_gemm(dtype):
     for x, w, stride, padding, residual in ones:
         for name in sorted(GEMMS):
             got = plan(x, w, stride, padding, dtype=dtype, residual=residual, config=name)
-            assert got == expected_plan(x, w, stride, padding, residual, True, config=name)
             n, c, h, wd = x
+            tiles = cdiv(n * h * wd, 128) * cdiv(w[0], 128)
+            if name in STREAM_K and tiles > STREAM_K_MAX_TILES:
+                assert got["ok"] == 0 and "stream-K" in got["why"] and str(tiles) in got["why"]
+                continue
+            assert got == expected_plan(x, w, stride, padding, residual, True, config=name)
             assert got["gemm"] == 1 and got["gemm_mnk"] == (n * h * wd, w[0], c)
     for x, w, stride, padding in (((8, 512, 28, 28), (1024, 512, 1, 1), (2, 2), (0, 0)),
                                   ((2, 64, 9, 9), (64, 64, 1, 1), (1, 1), (1, 1))):
@@ -182,6 +192,33 @@ def test_every_resnet_1x1_conv_plans_as_a_persistent_gemm(dtype):
             got = plan(x, w, stride, padding, config=name)
             assert got["ok"] == 0 and ("not a candidate" in got["why"]
                                        or "1x1 filters with stride 1 and no padding" in got["why"])
+
+
+def test_stream_k_takes_every_batch_1_resnet_1x1_conv():
+    """Stream-K is for small GEMMs: every 1x1 stride-1 conv of the ResNet family at batch 1
+    plans on it (layer4's 49 pixels are one M tile); at batch 256 only layer4's narrower ones
+    (7x7 into 512 channels: 392 tiles, three uneven waves on 132 SMs), not the thousands of
+    tiles of the others; the boundary is exactly STREAM_K_MAX_TILES output tiles."""
+    name = "gemm_128x128x64_streamk"
+    taken = set()
+    for x, w, stride, padding, residual in RESNET_SHAPES:
+        if w[2:] != (1, 1) or tuple(stride) != (1, 1):
+            continue
+        got = plan(x, w, stride, padding, residual=residual, config=name)
+        tiles = cdiv(x[0] * x[2] * x[3], 128) * cdiv(w[0], 128)
+        assert got["ok"] == int(tiles <= STREAM_K_MAX_TILES), (x, w, got.get("why"))
+        if x[0] == 1:
+            assert got["ok"] == 1, (x, w, got.get("why"))
+        if got["ok"]:
+            assert got["stream_k"] == 1 and got["output_tiles"] == tiles
+            taken.add(x[0])
+    assert taken == {1, 256}
+    # M = 128 * 256 pixels x N = 256 channels: 256 * 2 = 512 tiles, the limit; one more pixel
+    # makes 257 M tiles, 514 tiles.
+    at_limit = plan((128, 64, 16, 16), (256, 64, 1, 1), (1, 1), (0, 0), config=name)
+    assert at_limit["ok"] == 1 and at_limit["output_tiles"] == STREAM_K_MAX_TILES
+    past = plan((1, 64, 1, 128 * 256 + 1), (256, 64, 1, 1), (1, 1), (0, 0), config=name)
+    assert past["ok"] == 0 and "514 output tiles" in past["why"]
 
 
 # Edge shapes: (input, weight, stride, padding, residual, relu)

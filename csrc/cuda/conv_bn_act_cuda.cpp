@@ -246,7 +246,7 @@ at::Tensor aligned_vector(const at::Tensor& t) {
 }
 
 #ifdef RESNET_FUSED_WITH_SM90
-static_assert(sm90::kNumConfigs == 6, "one csrc/sm90/cutlass_conv_config<i>.cu per configuration");
+static_assert(sm90::kNumConfigs == 7, "one csrc/sm90/cutlass_conv_config<i>.cu per configuration");
 
 const char* sm90_launch(const sm90::ConvPlan& plan, const sm90::ConvPointers& ptrs,
                         cudaStream_t stream) {
@@ -257,7 +257,22 @@ const char* sm90_launch(const sm90::ConvPlan& plan, const sm90::ConvPointers& pt
     case 3: return sm90::launch_config<3>(plan, ptrs, stream);
     case 4: return sm90::launch_config<4>(plan, ptrs, stream);
     case 5: return sm90::launch_config<5>(plan, ptrs, stream);
+    case 6: return sm90::launch_config<6>(plan, ptrs, stream);
     default: return "sm90_cutlass: no such configuration";
+  }
+}
+
+// Device workspace bytes of the plan's configuration (stream-K's; 0 for the others).
+size_t sm90_workspace_bytes(const sm90::ConvPlan& plan) {
+  switch (plan.config) {
+    case 0: return sm90::workspace_config<0>(plan);
+    case 1: return sm90::workspace_config<1>(plan);
+    case 2: return sm90::workspace_config<2>(plan);
+    case 3: return sm90::workspace_config<3>(plan);
+    case 4: return sm90::workspace_config<4>(plan);
+    case 5: return sm90::workspace_config<5>(plan);
+    case 6: return sm90::workspace_config<6>(plan);
+    default: return 0;
   }
 }
 #endif
@@ -297,6 +312,15 @@ at::Tensor conv_bn_act_sm90(const at::Tensor& input, const at::Tensor& weight,
   ptrs.shift = shift_a.const_data_ptr<float>();
   ptrs.residual = res.defined() ? res.const_data_ptr() : nullptr;
   ptrs.output = out.mutable_data_ptr();
+  // Stream-K's scratch, from PyTorch's caching allocator: stream-ordered (freed here, reused
+  // only after this kernel on this stream) and capturable into CUDA graphs.
+  at::Tensor workspace;
+  ptrs.workspace_size = sm90_workspace_bytes(plan);
+  if (ptrs.workspace_size > 0) {
+    workspace = at::empty({static_cast<int64_t>(ptrs.workspace_size)},
+                          input.options().dtype(at::kByte));
+    ptrs.workspace = workspace.mutable_data_ptr();
+  }
   const char* err = sm90_launch(plan, ptrs, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, "conv_bn_act_cuda_impl: ", err);
 #endif

@@ -11,7 +11,7 @@ namespace sm90 {
 namespace {
 
 // Family candidates (indices into kConfigs), the default first.
-constexpr int kCandidates1x1[] = {1, 0, 2, 4, 5};
+constexpr int kCandidates1x1[] = {1, 0, 2, 4, 5, 6};
 constexpr int kCandidates1x1Strided[] = {1, 2};
 constexpr int kCandidates3x3[] = {1, 0, 2};
 constexpr int kCandidatesStem[] = {3};
@@ -174,6 +174,7 @@ ConvPlan plan_conv(const ConvProblem& p, int config) {
   plan.config = config;
   const TileConfig& cfg = kConfigs[config];
   plan.gemm = cfg.gemm;
+  plan.stream_k = cfg.stream_k;
   if (p.residual && !cfg.residual_variant) {
     fail(plan, "configuration %s is built without a residual epilogue", cfg.name);
     return plan;
@@ -230,6 +231,13 @@ ConvPlan plan_conv(const ConvProblem& p, int config) {
   plan.k_tiles = p.r * p.s * ceil_div(plan.c_padded, cfg.tile_k);
   plan.grid_m = ceil_div(ceil_div(plan.gemm_m, cfg.tile_m), cfg.cluster_m) * cfg.cluster_m;
   plan.grid_n = ceil_div(ceil_div(plan.gemm_n, cfg.tile_n), cfg.cluster_n) * cfg.cluster_n;
+  plan.output_tiles = ceil_div(plan.gemm_m, cfg.tile_m) * ceil_div(plan.gemm_n, cfg.tile_n);
+  if (cfg.stream_k && plan.output_tiles > kStreamKMaxTiles) {
+    fail(plan, "configuration %s is for small GEMMs: %lld output tiles here, stream-K is tried "
+         "up to %lld (the whole-tile GEMMs balance larger ones)", cfg.name,
+         static_cast<long long>(plan.output_tiles), static_cast<long long>(kStreamKMaxTiles));
+    return plan;
+  }
   if (plan.grid_n > kMaxGridY) {
     fail(plan, "C_out = %lld needs %lld CTAs along the grid's y dimension (limit %lld)",
          static_cast<long long>(p.k), static_cast<long long>(plan.grid_n),

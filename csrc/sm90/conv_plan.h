@@ -27,7 +27,9 @@ namespace sm90 {
 // slice) and thread-block cluster. Each is instantiated for fp16 and bf16, without a residual
 // and (when `residual_variant`) with one, in csrc/sm90/cutlass_conv_config<i>.cu. `gemm`: not
 // the implicit-GEMM conv kernel but CUTLASS's persistent GEMM (cutlass_gemm.cuh), for 1x1
-// stride-1 convs only, with the pingpong schedule (`pingpong`) or the cooperative one.
+// stride-1 convs only, with the pingpong schedule (`pingpong`) or the cooperative one, walking
+// output tiles (the persistent scheduler) or, with `stream_k`, spreading the reduction's k-tiles
+// over the SMs (CUTLASS's stream-K scheduler, cooperative only).
 struct TileConfig {
   const char* name;
   int tile_m, tile_n, tile_k;
@@ -35,6 +37,7 @@ struct TileConfig {
   bool residual_variant;
   bool gemm = false;
   bool pingpong = false;
+  bool stream_k = false;
 };
 
 // The configurations, by index. Changing this table changes what is compiled: keep it small
@@ -53,6 +56,12 @@ struct TileConfig {
 //   5: the same as a cooperative 256x128 GEMM with a 1x2 cluster: the two CTAs of a cluster
 //      compute neighbouring output-channel tiles of the same pixels and multicast the activation
 //      tile, so each activation is read from L2/DRAM once per pair (C_out >= 256 layers).
+//   6: small 1x1 GEMMs (batch 1: layer4's 7x7 has 49 pixels, one M tile; 16 output tiles for
+//      132 SMs) on the stream-K scheduler: the k-tiles of all output tiles are dealt evenly to
+//      the SMs, and CTAs that share a tile add their fp32 partial sums through a workspace in a
+//      fixed order (deterministic: same bits on every run) before the one epilogue. CUTLASS's
+//      heuristic may instead split K evenly or keep whole tiles when that balances better.
+//      Only for problems of at most kStreamKMaxTiles output tiles (see conv_plan.cpp).
 inline constexpr TileConfig kConfigs[] = {
     {"128x128x64_c2x1", 128, 128, 64, 2, 1, true},
     {"128x128x64_c1x1", 128, 128, 64, 1, 1, true},
@@ -60,6 +69,7 @@ inline constexpr TileConfig kConfigs[] = {
     {"128x64x16_c1x1", 128, 64, 16, 1, 1, true},
     {"gemm_128x128x64_pingpong", 128, 128, 64, 1, 1, true, true, true},
     {"gemm_256x128x64_c1x2_coop", 256, 128, 64, 1, 2, true, true, false},
+    {"gemm_128x128x64_streamk", 128, 128, 64, 1, 1, true, true, false, true},
 };
 inline constexpr int kNumConfigs = static_cast<int>(sizeof(kConfigs) / sizeof(kConfigs[0]));
 
@@ -78,6 +88,11 @@ int family_candidates(Family f, const int** out);
 
 // Index of the configuration called `name`, or -1.
 int find_config(const char* name);
+
+// Stream-K is a candidate only for GEMMs of at most this many output tiles (about 4 waves on an
+// H100's 132 SMs): past that, whole-tile waves leave at most a quarter of the time to imbalance,
+// and each extra candidate costs tuning time on the GPU.
+inline constexpr int64_t kStreamKMaxTiles = 512;
 
 // Elements per 16 bytes: channels (C_in, C_out) must be multiples of this for TMA.
 inline constexpr int kChannelAlignment = 8;
@@ -100,6 +115,7 @@ struct ConvPlan {
   Family family = Family::kConv3x3;
   int config = -1;  // index into kConfigs
   bool gemm = false;  // kConfigs[config].gemm: the persistent GEMM kernel (cutlass_gemm.cuh)
+  bool stream_k = false;  // kConfigs[config].stream_k: needs a device workspace (cutlass_conv.h)
   cuda::DType dtype = cuda::DType::kBFloat16;
   bool residual = false;
   bool relu = false;
@@ -125,6 +141,7 @@ struct ConvPlan {
   int64_t gemm_m = 0, gemm_n = 0, gemm_k = 0;
   int64_t k_tiles = 0;          // mainloop iterations per CTA: R * S * ceil(C_padded / tile_k)
   int64_t grid_m = 0, grid_n = 0;  // CTAs along M (rounded up to the cluster) and N
+  int64_t output_tiles = 0;        // tile_m x tile_n tiles of the output: ceil(M/tm) * ceil(N/tn)
 
   // TMA im2col descriptor of the activations (innermost dimension first, as the driver takes it).
   int64_t tma_a_dims[4] = {};           // C_padded, W, H, N

@@ -111,21 +111,22 @@ inline const char* error_message(const char* what, cutlass::Status status) {
   return buf;
 }
 
-// Checks, initializes and launches a CUTLASS device operator (conv or GEMM adapter) on `stream`;
-// nullptr or what failed.
+// Checks, initializes and launches a CUTLASS device operator (conv or GEMM adapter) on `stream`
+// with the caller's workspace (ConvPointers::workspace); nullptr or what failed.
 template <class Op>
-const char* launch_op(const typename Op::Arguments& args, cudaStream_t stream) {
+const char* launch_op(const typename Op::Arguments& args, const ConvPointers& ptrs,
+                      cudaStream_t stream) {
   Op op;
-  if (Op::get_workspace_size(args) != 0) {
-    return "sm90_cutlass: this configuration asks for a workspace, which the binding does not "
-           "allocate";
+  if (Op::get_workspace_size(args) > ptrs.workspace_size) {
+    return "sm90_cutlass: the kernel needs more workspace than the binding allocated "
+           "(workspace_bytes and the launch disagree: a bug)";
   }
   cutlass::Status status = op.can_implement(args);
   if (status != cutlass::Status::kSuccess) {
     return error_message("sm90_cutlass: CUTLASS rejects a problem the plan accepted (a plan bug)",
                          status);
   }
-  status = op.initialize(args, nullptr, stream);
+  status = op.initialize(args, ptrs.workspace, stream);
   if (status != cutlass::Status::kSuccess) {
     return error_message("sm90_cutlass: CUTLASS could not initialize the kernel (TMA "
                          "descriptors or shared-memory setup)", status);
@@ -214,11 +215,12 @@ const char* run(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t str
       {static_cast<Element const*>(ptrs.input), static_cast<Element const*>(ptrs.weight)},
       {K::Tree::arguments(ptrs, plan.relu), static_cast<typename K::Tree::PtrC>(ptrs.residual),
        stride_c, static_cast<Element*>(ptrs.output), stride_d}};
-  return launch_op<typename K::Op>(args, stream);
+  return launch_op<typename K::Op>(args, ptrs, stream);
 }
 
 // Calls f(Element{}, std::bool_constant<residual>{}) for the plan's dtype (fp16 or bf16) and
-// residual: the one place a configuration's four instantiations are dispatched.
+// residual: the one place a configuration's four instantiations are dispatched. f returns a
+// message (nullptr: success).
 template <class F>
 const char* by_dtype_and_residual(const ConvPlan& plan, F&& f) {
   if (plan.dtype != cuda::DType::kBFloat16 && plan.dtype != cuda::DType::kFloat16) {
@@ -245,19 +247,30 @@ const char* launch(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t 
   });
 }
 
+// The conv kernel is not persistent and takes no workspace.
+template <int Config>
+size_t no_workspace(const ConvPlan&) {
+  return 0;
+}
+
 }  // namespace detail
 }  // namespace sm90
 }  // namespace resnet_fused
 
-// Defines launch_config<I> (declared in cutlass_conv.h) in a configuration's translation unit,
-// as detail::LAUNCH<I>: `launch` (the conv kernel) or `launch_gemm` (cutlass_gemm.cuh).
-#define RESNET_FUSED_SM90_CONFIG_TU(I, LAUNCH)                                          \
+// Defines launch_config<I> and workspace_config<I> (declared in cutlass_conv.h) in a
+// configuration's translation unit, as detail::LAUNCH<I> and detail::WORKSPACE<I>: `launch` and
+// `no_workspace` (the conv kernel), or `launch_gemm` and `gemm_workspace` (cutlass_gemm.cuh).
+#define RESNET_FUSED_SM90_CONFIG_TU(I, LAUNCH, WORKSPACE)                               \
   namespace resnet_fused {                                                              \
   namespace sm90 {                                                                      \
   template <>                                                                           \
   const char* launch_config<I>(const ConvPlan& plan, const ConvPointers& ptrs,          \
                                cudaStream_t stream) {                                   \
     return detail::LAUNCH<I>(plan, ptrs, stream);                                       \
+  }                                                                                     \
+  template <>                                                                           \
+  size_t workspace_config<I>(const ConvPlan& plan) {                                    \
+    return detail::WORKSPACE<I>(plan);                                                  \
   }                                                                                     \
   }                                                                                     \
   }

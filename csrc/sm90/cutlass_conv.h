@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
+
 #include "conv_plan.h"
 
 namespace resnet_fused {
@@ -18,16 +20,24 @@ struct ConvPointers {
   const float* shift = nullptr;  // [C_out]
   const void* residual = nullptr;  // required iff plan.residual
   void* output = nullptr;
+  // Device scratch of at least workspace_config<plan.config>(plan) bytes (stream-K's partial
+  // sums and flags; none for the other configurations). The kernel clears what it needs on
+  // `stream` first.
+  void* workspace = nullptr;
+  size_t workspace_size = 0;
 };
 
-// Runs the plan's configuration on `stream` (asynchronous; no host synchronization). Returns
-// nullptr on success, else a static message saying what failed (CUTLASS rejecting the problem,
-// a plan/CUTLASS disagreement, or the launch's CUDA error).
-const char* launch_conv(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream);
-
-// One configuration's launcher; defined in csrc/sm90/cutlass_conv_config<I>.cu.
+// One configuration's launcher and workspace size; defined in csrc/sm90/cutlass_conv_config<I>.cu
+// (the binding, csrc/cuda/conv_bn_act_cuda.cpp, switches over the configurations). The workspace
+// is the bytes of device scratch the configuration needs for the plan on the current device: 0
+// for all but stream-K, whose size depends on the problem and the device's SM count.
+// The launcher runs on `stream` (asynchronous; no host synchronization) and returns nullptr on
+// success, else a static message saying what failed (CUTLASS rejecting the problem, a
+// plan/CUTLASS disagreement, too little workspace, or the launch's CUDA error).
 template <int Config>
 const char* launch_config(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream);
+template <int Config>
+size_t workspace_config(const ConvPlan& plan);
 
 }  // namespace sm90
 }  // namespace resnet_fused

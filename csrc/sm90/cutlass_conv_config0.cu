@@ -3,4 +3,4 @@
 // parallel.
 #include "cutlass_conv.cuh"
 
-RESNET_FUSED_SM90_CONFIG_TU(0, launch)
+RESNET_FUSED_SM90_CONFIG_TU(0, launch, no_workspace)

@@ -3,4 +3,4 @@
 // bounds nvcc's memory and lets the build run them in parallel.
 #include "cutlass_gemm.cuh"
 
-RESNET_FUSED_SM90_CONFIG_TU(5, launch_gemm)
+RESNET_FUSED_SM90_CONFIG_TU(5, launch_gemm, gemm_workspace)

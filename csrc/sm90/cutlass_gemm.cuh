@@ -8,6 +8,11 @@
 // of the next tile runs: the pingpong schedule alternates two consumer warpgroups, so one's
 // epilogue overlaps the other's MMAs; the cooperative one splits a taller tile between them.
 //
+// For GEMMs too small to fill the GPU with whole tiles (batch 1), the stream-K configuration
+// deals the k-tiles of all output tiles evenly to the SMs; the CTAs that share a tile add their
+// fp32 partial sums through a caller-allocated workspace in a fixed order (CUTLASS's deterministic
+// reduction), and the last one runs the epilogue: same epilogue, same bits on every run.
+//
 // The epilogue visitor tree is the conv's (ConvKernel in cutlass_conv.cuh): same math, same
 // rounding, same NaN behaviour. Included only by the per-configuration translation units
 // (cutlass_conv_config<i>.cu of the configurations with TileConfig::gemm set).
@@ -38,6 +43,10 @@ struct GemmKernel {
   using LayoutB = cutlass::layout::ColumnMajor;  // filters: K x N with K contiguous (KC rows)
   using LayoutD = cutlass::layout::RowMajor;     // output and residual: M x N, N contiguous
   static constexpr bool kPingpong = kCfg.pingpong;
+  static_assert(!(kCfg.stream_k && kCfg.pingpong),
+                "CUTLASS's sm90 stream-K scheduler runs the cooperative schedule only");
+  using TileScheduler = cute::conditional_t<kCfg.stream_k, cutlass::gemm::StreamKScheduler,
+                                            cutlass::gemm::PersistentScheduler>;
   using KernelSchedule =
       cute::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                           cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
@@ -61,12 +70,24 @@ struct GemmKernel {
           static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop,
-                                                      Epilogue, cutlass::gemm::PersistentScheduler>;
+                                                      Epilogue, TileScheduler>;
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
+// The device's SM count (the persistent schedulers size their grid, and stream-K its
+// workspace, by it); nullptr or what failed.
+inline const char* hardware_info(cutlass::KernelHardwareInfo& hw_info) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return "sm90_cutlass: cudaGetDevice failed";
+  hw_info.device_id = device;
+  hw_info.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  return nullptr;
+}
+
+// The GEMM adapter's arguments for a plan and its pointers (null pointers: for sizing only).
 template <class K>
-const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
+typename K::Op::Arguments gemm_arguments(const ConvPlan& plan, const ConvPointers& ptrs,
+                                         const cutlass::KernelHardwareInfo& hw_info) {
   using Element = typename K::Mainloop::ElementA;
   const int m = static_cast<int>(plan.gemm_m);
   const int n = static_cast<int>(plan.gemm_n);
@@ -80,12 +101,6 @@ const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_
   const auto stride_d = cutlass::make_cute_packed_stride(typename K::Kernel::StrideD{},
                                                          cute::make_shape(m, n, 1));
 
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return "sm90_cutlass: cudaGetDevice failed";
-  cutlass::KernelHardwareInfo hw_info;
-  hw_info.device_id = device;
-  hw_info.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
-
   typename K::Op::Arguments args{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {m, n, k, 1},
@@ -94,7 +109,23 @@ const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_
       {K::Tree::arguments(ptrs, plan.relu), static_cast<typename K::Tree::PtrC>(ptrs.residual),
        stride_c, static_cast<Element*>(ptrs.output), stride_d},
       hw_info};
-  return launch_op<typename K::Op>(args, stream);
+  if constexpr (K::kCfg.stream_k) {
+    // Spelled out rather than left to the defaults: the partial sums are reduced in a fixed
+    // order (same bits on every run, which the tuner's repeated runs check), and CUTLASS's
+    // heuristic picks stream-K, split-K or whole tiles for the shape.
+    using Scheduler = typename K::Kernel::TileScheduler;
+    args.scheduler.splits = 1;
+    args.scheduler.reduction_mode = Scheduler::ReductionMode::Deterministic;
+    args.scheduler.decomposition_mode = Scheduler::DecompositionMode::Heuristic;
+  }
+  return args;
+}
+
+template <class K>
+const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
+  cutlass::KernelHardwareInfo hw_info;
+  if (const char* err = hardware_info(hw_info)) return err;
+  return launch_op<typename K::Op>(gemm_arguments<K>(plan, ptrs, hw_info), ptrs, stream);
 }
 
 template <int Config>
@@ -103,6 +134,21 @@ const char* launch_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStre
     return run_gemm<GemmKernel<decltype(element), Config, decltype(residual)::value>>(plan, ptrs,
                                                                                        stream);
   });
+}
+
+// Workspace bytes of a GEMM configuration for the plan on the current device (0 if the device
+// cannot be queried: the launch then reports that itself).
+template <int Config>
+size_t gemm_workspace(const ConvPlan& plan) {
+  size_t bytes = 0;
+  by_dtype_and_residual(plan, [&](auto element, auto residual) -> const char* {
+    using K = GemmKernel<decltype(element), Config, decltype(residual)::value>;
+    cutlass::KernelHardwareInfo hw_info;
+    if (const char* err = hardware_info(hw_info)) return err;
+    bytes = K::Op::get_workspace_size(gemm_arguments<K>(plan, ConvPointers{}, hw_info));
+    return nullptr;
+  });
+  return bytes;
 }
 
 }  // namespace detail

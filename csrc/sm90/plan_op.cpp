@@ -77,6 +77,7 @@ std::vector<std::string> plan_op(at::IntArrayRef input_size, at::IntArrayRef wei
   add("family", family_name(plan.family));
   add("config", cfg.name);
   add("gemm", plan.gemm ? "1" : "0");
+  add("stream_k", plan.stream_k ? "1" : "0");
   add("tile", join({cfg.tile_m, cfg.tile_n, cfg.tile_k}));
   add("cluster", join({cfg.cluster_m, cfg.cluster_n}));
   add("residual", plan.residual ? "1" : "0");
@@ -97,6 +98,7 @@ std::vector<std::string> plan_op(at::IntArrayRef input_size, at::IntArrayRef wei
   add("gemm_mnk", join({plan.gemm_m, plan.gemm_n, plan.gemm_k}));
   add("k_tiles", std::to_string(plan.k_tiles));
   add("grid", join({plan.grid_m, plan.grid_n}));
+  add("output_tiles", std::to_string(plan.output_tiles));
   add("tma_a_dims", join(plan.tma_a_dims));
   add("tma_a_strides_bytes", join(plan.tma_a_strides_bytes));
   add("tma_a_lower_corner", join(plan.tma_a_lower_corner));
