@@ -58,7 +58,7 @@ export PYTHONUNBUFFERED=1  # keep the progress output if a sanitizer ends the pr
 LD_PRELOAD="$LIBASAN:$LIBSTDCXX" python -m pytest -q -p no:cacheprovider --capture=sys \
   tests/test_ops.py tests/test_bad_inputs.py tests/test_opcheck.py tests/test_cpu_onednn.py \
   tests/test_cpu_pooling.py tests/test_cpu_winograd.py tests/test_cpu_conv1x1.py \
-  tests/test_cpu_conv1x1_amx.py tests/test_cpu_forward_plan.py \
+  tests/test_cpu_conv1x1_amx.py tests/test_cpu_winograd_amx.py tests/test_cpu_forward_plan.py \
   tests/test_autograd.py tests/test_nonfinite.py \
   2>&1 | tee pytest.log || status=$?
 

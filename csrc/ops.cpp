@@ -63,10 +63,13 @@ TORCH_LIBRARY(resnet_fused, m) {
   // y = act(conv + bias (+ residual)), channels_last. `weight` is the transformed filter
   // (resnet_fused/winograd.py): (36, C_in, C_out) for F(4,3), float32 only, (16, C_in, C_out)
   // for F(2,3), or for bfloat16 F(2,3) that filter pair-packed, (16, ceil(C_in / 2), C_out, 2);
-  // `bias` is float32.
+  // `bias` is float32. `kernel`: "auto" (the AVX-512 pipelines where they run, else portable
+  // loops), "amx" (bfloat16 with the GEMMs on AMX tiles, C_in and C_out multiples of 32, where
+  // cpu_amx_status() is "available") or "amx_model" (those through the tiles' software model,
+  // for tests; csrc/cpu/amx_tiles.h).
   m.def(
-      "winograd_conv3x3(Tensor input, Tensor weight, Tensor bias, Tensor? residual, bool relu) "
-      "-> Tensor");
+      "winograd_conv3x3(Tensor input, Tensor weight, Tensor bias, Tensor? residual, bool relu, "
+      "str kernel=\"auto\") -> Tensor");
   // A 1x1 (padding 0) conv_bn_act on this package's AVX-512 GEMM (CPU, csrc/cpu/conv1x1_cpu.cpp):
   // y = act(conv(input, weight, stride) + bias), channels_last; and the same summed into its
   // residual in place, residual = act(conv + bias + residual), residual channels_last-contiguous.

@@ -22,7 +22,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
+#include "amx_tiles.h"
 #include "gemm_avx512_kernels.h"
 #include "winograd_cpu.h"
 
@@ -58,6 +61,57 @@ struct F32F43 {
     gemm_f32(a, rows, g.c, u + col, g.k, g.c, n, out + col, g.k, next);
   }
   static int64_t column_offset(int64_t col) { return col; }
+};
+
+// The GEMM of one parallel task: made in the task (its thread), then called per plane and
+// column block as P::gemm. The pipelines' own AVX-512 GEMMs need no state.
+template <typename P>
+struct Avx512Gemm {
+  explicit Avx512Gemm(bool /*emulate*/) {}
+  void operator()(const typename P::T* a, int64_t rows, const typename P::T* u, int64_t col,
+                  int64_t n, const Geometry& g, float* out, const typename P::T* next) const {
+    P::gemm(a, rows, u, col, n, g, out, next);
+  }
+};
+
+// bf16 F(2,3)'s GEMMs on AMX tiles (amx_tiles.h; `emulate`: the tiles' software model): 32
+// tiles x 32 output channels a block, the filter plane's pair rows (4K bytes apart) read as
+// TDPBF16PS's B in place, V's rows as A. A last group of fewer than 32 tiles is copied into a
+// zero-padded buffer first (its extra rows are computed, never stored). C_in and the columns a
+// call asks for must be multiples of 32 (the op checks). The accumulators go from the block's
+// tile store to M row by row.
+class AmxGemm {
+ public:
+  using T = c10::BFloat16;
+  explicit AmxGemm(bool emulate) : session_(emulate) {}
+  void operator()(const T* a, int64_t rows, const T* u, int64_t col, int64_t n,
+                  const Geometry& g, float* out, const T* /*next*/) {
+    const int64_t a_row_bytes = g.c * static_cast<int64_t>(sizeof(T));
+    const int64_t b_row_bytes = 2 * g.k * static_cast<int64_t>(sizeof(T));  // one pair row
+    const int64_t steps = g.c / amx::kStepChannels;
+    for (int64_t r = 0; r < rows; r += amx::kBlockRows) {
+      const int64_t count = std::min(amx::kBlockRows, rows - r);
+      const T* block = a + r * g.c;
+      if (count < amx::kBlockRows) {
+        padded_.assign(amx::kBlockRows * g.c, T(0.0f));
+        std::copy_n(block, count * g.c, padded_.data());
+        block = padded_.data();
+      }
+      for (int64_t j = 0; j < n; j += amx::kBlockColumns) {
+        amx::block_bf16(session_, block, a_row_bytes, u + 2 * (col + j), b_row_bytes, steps,
+                        acc_);
+        for (int64_t i = 0; i < count; ++i) {
+          std::memcpy(out + (r + i) * g.k + col + j, acc_ + i * amx::kBlockColumns,
+                      amx::kBlockColumns * sizeof(float));
+        }
+      }
+    }
+  }
+
+ private:
+  amx::TileSession session_;
+  std::vector<T> padded_;
+  alignas(64) float acc_[amx::kBlockRows * amx::kBlockColumns];
 };
 
 // V[ij][t - t0][c] = (B^T d_t B)[i][j] for the tiles [t0, t1), into a buffer of `planes`
@@ -129,9 +183,9 @@ constexpr int64_t kMinBlockTiles = 12;
 // Columns of the filter per parallel GEMM task over all tiles (the GEMM's widest block).
 constexpr int64_t kTaskColumns = 64;
 
-template <typename P>
+template <typename P, typename Gemm = Avx512Gemm<P>>
 at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
-               const at::Tensor* residual, bool relu, const Geometry& g) {
+               const at::Tensor* residual, bool relu, const Geometry& g, bool emulate = false) {
   using T = typename P::T;
   constexpr int64_t kPlanes = (P::M + 2) * (P::M + 2);
   at::Tensor y = at::empty({g.n, g.k, g.h, g.w},
@@ -169,6 +223,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
     });
     const int64_t column_blocks = (g.k + kTaskColumns - 1) / kTaskColumns;
     at::parallel_for(0, kPlanes * column_blocks, 1, [&](int64_t begin, int64_t end) {
+      Gemm gemm(emulate);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t p = task / column_blocks, col = task % column_blocks * kTaskColumns;
         const int64_t np = (task + 1) / column_blocks;  // the next task's plane and columns
@@ -176,8 +231,8 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
                                            P::column_offset((task + 1) % column_blocks *
                                                             kTaskColumns)
                                      : nullptr;
-        P::gemm(v + p * g.tiles * g.c, g.tiles, us + p * plane_elements, col,
-                std::min(kTaskColumns, g.k - col), g, m + p * g.tiles * g.k, next);
+        gemm(v + p * g.tiles * g.c, g.tiles, us + p * plane_elements, col,
+             std::min(kTaskColumns, g.k - col), g, m + p * g.tiles * g.k, next);
       }
     });
     at::parallel_for(0, g.tiles, kTilesPerTask, [&](int64_t begin, int64_t end) {
@@ -195,6 +250,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
   const int64_t block = (g.tiles + blocks - 1) / blocks;
   // Each task runs whole blocks, transform -> GEMM per plane -> transform, on its own buffers.
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    Gemm gemm(emulate);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t t0 = i * block, t1 = std::min(g.tiles, t0 + block), tb = t1 - t0;
       if (tb <= 0) continue;
@@ -205,8 +261,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
         // Then the next plane (after the last, the first again, for the next block).
         const T* next = streamed ? us + (p + 1 < kPlanes ? p + 1 : 0) * plane_elements
                                  : nullptr;
-        P::gemm(v + p * tb * g.c, tb, us + p * plane_elements, 0, g.k, g, m + p * tb * g.k,
-                next);
+        gemm(v + p * tb * g.c, tb, us + p * plane_elements, 0, g.k, g, m + p * tb * g.k, next);
       }
       transform_out(m, t0, t1, tb);
     }
@@ -221,11 +276,16 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
 bool pipelines_available() { return avx512_bf16_available(); }
 
 at::Tensor run_bf16_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
-                             const at::Tensor* residual, bool relu, const Geometry& g) {
+                             const at::Tensor* residual, bool relu, const Geometry& g,
+                             GemmKernel kernel) {
   TORCH_CHECK(pipelines_available() && g.c % 2 == 0 && g.k % kLanes == 0 && u.dim() == 4,
               "run_bf16_pipeline: needs AVX512_BF16, C_in even, C_out a multiple of 16 and a "
               "pair-packed filter");
-  return run<Bf16F23>(x, u, bias, residual, relu, g);
+  if (kernel == GemmKernel::kAvx512) return run<Bf16F23>(x, u, bias, residual, relu, g);
+  TORCH_CHECK(g.c % amx::kStepChannels == 0 && g.k % amx::kBlockColumns == 0,
+              "run_bf16_pipeline: the AMX GEMM needs C_in and C_out multiples of 32");
+  return run<Bf16F23, AmxGemm>(x, u, bias, residual, relu, g,
+                               /*emulate=*/kernel == GemmKernel::kAmxModel);
 }
 
 at::Tensor run_f32_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
@@ -240,7 +300,7 @@ at::Tensor run_f32_pipeline(const at::Tensor& x, const at::Tensor& u, const at::
 bool pipelines_available() { return false; }
 
 at::Tensor run_bf16_pipeline(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const at::Tensor*, bool, const Geometry&) {
+                             const at::Tensor*, bool, const Geometry&, GemmKernel) {
   TORCH_CHECK(false, "run_bf16_pipeline: not built for this platform");
 }
 

@@ -18,7 +18,9 @@
 // (resnet_fused/winograd.py), with BatchNorm's scale folded in fp64 first.
 // On CPUs with AVX512_BF16, C_out a multiple of 16 (and for bf16 C_in even) runs a pipeline of
 // its own instead (winograd_avx512.cpp: intrinsic transforms, this
-// package's GEMM, blocks kept in L2); this file's portable path takes every other case.
+// package's GEMM, blocks kept in L2); this file's portable path takes every other case. In
+// bf16 the pipeline's GEMMs also run on AMX tiles when the caller asks (`kernel="amx"`: the
+// CPU fast path measures it against the others where the CPU has AMX).
 //
 // Numerics: F(4,3)'s transform matrices hold 4s and 8s, which scale rounding errors up (measured
 // on ResNet shapes, fp32 vs fp64: ~2e-6 relative L2, the direct convolution ~2e-7; the op bound
@@ -40,6 +42,7 @@
 #include <type_traits>
 
 #include "../checks.h"
+#include "amx_tiles.h"
 #include "winograd_cpu.h"
 #include "vector_clones.h"
 
@@ -88,6 +91,7 @@ void* scratch_bytes(Slot slot, int64_t bytes) {
 namespace {
 
 using winograd::Geometry;
+using winograd::GemmKernel;
 using winograd::input_1d;
 using winograd::kMaxBlockedFilterBytes;
 using winograd::kTilesPerTask;
@@ -413,10 +417,22 @@ at::Tensor unpack_pairs(const at::Tensor& u, int64_t c) {
       .contiguous();
 }
 
+// The op's `kernel` argument: "auto" (the AVX-512 pipelines where they run, else the portable
+// path), "amx" (the bf16 pipeline's GEMMs on AMX tiles) or "amx_model" (those through the
+// tiles' software model, for tests).
+GemmKernel parse_kernel(const char* op, c10::string_view name) {
+  if (name == "auto") return GemmKernel::kAvx512;
+  if (name == "amx") return GemmKernel::kAmx;
+  if (name == "amx_model") return GemmKernel::kAmxModel;
+  TORCH_CHECK(false, op, ": kernel must be \"auto\", \"amx\" or \"amx_model\", got \"",
+              std::string(name), "\"");
+}
+
 at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
                                 const at::Tensor& bias, const std::optional<at::Tensor>& residual,
-                                bool relu) {
+                                bool relu, c10::string_view kernel_name) {
   constexpr const char* op = "winograd_conv3x3";
+  const GemmKernel kernel = parse_kernel(op, kernel_name);
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(),
               "-D with sizes ", input.sizes());
   TORCH_CHECK(is_supported_dtype(input.scalar_type()), op,
@@ -448,6 +464,19 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
   TORCH_CHECK(m == 2 || input.scalar_type() == at::kFloat, op,
               ": F(4,3) (a 36-plane weight) is for float32 only; ", input.scalar_type(),
               " needs F(2,3), whose error bound it meets");
+  if (kernel != GemmKernel::kAvx512) {
+    const std::string name(kernel_name);
+    TORCH_CHECK(input.scalar_type() == at::kBFloat16, op, ": kernel \"", name,
+                "\" needs bfloat16 input (AMX-BF16), got ", input.scalar_type());
+    TORCH_CHECK(input.size(1) % amx::kStepChannels == 0 && k % amx::kBlockColumns == 0, op,
+                ": kernel \"", name, "\" needs C_in and C_out multiples of ",
+                amx::kStepChannels, " (one AMX tile row, one block), got C_in = ",
+                input.size(1), ", C_out = ", k);
+    TORCH_CHECK(winograd::pipelines_available(), op, ": kernel \"", name,
+                "\" runs inside the AVX512_BF16 pipeline, which this CPU lacks");
+    TORCH_CHECK(kernel != GemmKernel::kAmx || amx_bf16_available(), op,
+                ": kernel \"amx\" cannot run here: ", amx_bf16_absent_reason());
+  }
   Geometry g{input.size(0), input.size(2), input.size(3), input.size(1), k, 0, 0, 0};
   g.tiles_h = (g.h + m - 1) / m;
   g.tiles_w = (g.w + m - 1) / m;
@@ -481,7 +510,8 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
   if (k % 16 == 0) {  // the AVX-512 pipelines, where this CPU has them (winograd_avx512.cpp)
     if (input.scalar_type() == at::kBFloat16 && g.c % 2 == 0 &&
         winograd::pipelines_available()) {
-      return winograd::run_bf16_pipeline(x, packed ? u : pack_pairs(u), b, res, relu, g);
+      return winograd::run_bf16_pipeline(x, packed ? u : pack_pairs(u), b, res, relu, g,
+                                         kernel);
     }
     if (input.scalar_type() == at::kFloat && m == 4 && winograd::pipelines_available()) {
       return winograd::run_f32_pipeline(x, u, b, res, relu, g);

@@ -116,10 +116,16 @@ constexpr int64_t kMaxBlockedFilterBytes = int64_t{4} << 20;
 // a build for it).
 bool pipelines_available();
 
-// bf16 F(2,3) for channels_last x with C even and K a multiple of 16, filter u pair-packed
-// (16, C/2, K, 2); residual (if not null) channels_last of the output's shape.
+// What runs the bf16 pipeline's GEMMs: its AVX512_BF16 micro-kernels, or AMX tiles (the
+// hardware, or their software model for tests; amx_tiles.h).
+enum class GemmKernel { kAvx512, kAmx, kAmxModel };
+
+// bf16 F(2,3) for channels_last x with C even and K a multiple of 16 (AMX: C and K multiples of
+// 32), filter u pair-packed (16, C/2, K, 2); residual (if not null) channels_last of the
+// output's shape.
 at::Tensor run_bf16_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
-                             const at::Tensor* residual, bool relu, const Geometry& g);
+                             const at::Tensor* residual, bool relu, const Geometry& g,
+                             GemmKernel kernel = GemmKernel::kAvx512);
 
 // fp32 F(4,3) for channels_last x with K a multiple of 16, filter u (36, C, K).
 at::Tensor run_f32_pipeline(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,

@@ -5,6 +5,8 @@ Candidates (a conv has those its shape and this CPU allow):
 * ``onednn``: oneDNN's direct convolution, BatchNorm folded, ReLU and the residual as post-ops
   (AMX, AVX-512 or AVX2 kernels, whichever oneDNN picks for the CPU);
 * ``winograd``: this package's Winograd F(m, 3) for 3x3 stride-1 convs (:mod:`.winograd`);
+* ``winograd_amx``: the same in bfloat16 with its GEMMs on AMX tiles, where the CPU has them
+  (:func:`.winograd.amx_path`; never chosen by rule, only measured);
 * ``conv1x1``: this package's AVX-512 GEMM for 1x1 convs (:mod:`.conv1x1`);
 * ``conv1x1_amx``: the same 1x1 convs in bfloat16 on AMX tiles, where the CPU has them
   (:func:`.conv1x1.amx_path`; never chosen by rule, only measured).
@@ -50,8 +52,8 @@ MODES = ("auto", "rule", "measure")
 # element or tile is off by about the RMS, while fp32 Winograd F(4,3)'s transforms round some
 # elements to ~1.3e-4 of it (ResNet-50's 7x7 layers), above the GPU tuner's 8 x 1e-5.
 ELEMENTWISE_FLOOR = 1e-2
-# Every candidate, in the rules' order of preference (which never pick conv1x1_amx).
-CANDIDATES = ("conv1x1", "conv1x1_amx", "winograd", "onednn")
+# Every candidate, in the rules' order of preference (which never pick the AMX ones).
+CANDIDATES = ("conv1x1", "conv1x1_amx", "winograd", "winograd_amx", "onednn")
 
 
 @dataclass(frozen=True)

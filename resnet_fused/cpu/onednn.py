@@ -60,6 +60,8 @@ _CONV = RecordedOp(torch.ops.mkldnn._convolution_pointwise.default, (0,))
 _CONV_BINARY = RecordedOp(torch.ops.mkldnn._convolution_pointwise.binary, (0, 1))
 _CONV_SUM_ = RecordedOp(torch.ops.mkldnn._convolution_pointwise_.binary, (0, 1), mutated=0)
 _WINOGRAD = RecordedOp(torch.ops.resnet_fused.winograd_conv3x3.default, (0, 3))
+# The Winograd algorithms: the pipeline with its own GEMMs, and with them on AMX tiles.
+_WINOGRADS = ("winograd", "winograd_amx")
 _CONV1X1 = RecordedOp(torch.ops.resnet_fused.conv1x1.default, (0,))
 _CONV1X1_ = RecordedOp(torch.ops.resnet_fused.conv1x1_residual_.default, (0, 1), mutated=0)
 _REORDER_WEIGHT = torch.ops.mkldnn._reorder_convolution_weight.default  # preparation only
@@ -110,6 +112,9 @@ class OneDNNConv:
         self._winograd_eligible = winograd.eligible((self.kh, self.kw), self.stride, self.padding,
                                                     self.dtype)
         self._winograd_filter: Tensor | None = None  # built on first use; shape-independent
+        # The bf16 pipeline's GEMMs on AMX tiles: a measured candidate beside it, where it runs.
+        self._winograd_amx = self._winograd_eligible and winograd.amx_path(
+            self.dtype, self.in_channels, self.out_channels)
         # (N, H, W) -> what runs and why, among which candidates, for every shape seen (reported
         # only; :attr:`algorithms` is derived from it).
         self._choices: dict[tuple[int, int, int], Choice] = {}
@@ -146,7 +151,7 @@ class OneDNNConv:
             return None
         out_shape = (n, self.out_channels, ho, wo)
         algorithm = self._choose(shape, out_shape, residual, relu)
-        entry = [self._winograd_u() if algorithm == "winograd" else None, out_shape, algorithm]
+        entry = [self._winograd_u() if algorithm in _WINOGRADS else None, out_shape, algorithm]
         if len(self._entries) < self._MAX_ENTRIES:
             self._entries[shape] = entry
         return entry
@@ -175,7 +180,7 @@ class OneDNNConv:
         rule = winograd.policy()
         if (self._winograd_eligible and winograd.worthwhile(h, w, self.dtype)
                 and rule != "never"):
-            candidates.insert(0, "winograd")
+            candidates[:0] = ["winograd", "winograd_amx"] if self._winograd_amx else ["winograd"]
         if len(candidates) == 1:
             choice = Choice("onednn", "the only algorithm for this conv here")
         elif "winograd" in candidates and rule == "always":
@@ -233,7 +238,7 @@ class OneDNNConv:
         runs = {c.algorithm for c in self._choices.values()} | {chosen}
         if chosen != "onednn" and self._packed.pop(key, None) is self._last:
             self._last = next(reversed(self._packed.values()), None)
-        if "winograd" not in runs:
+        if not runs & set(_WINOGRADS):
             self._winograd_filter = None
         if not runs & {"conv1x1", "conv1x1_amx"}:
             self._conv1x1_weight = None
@@ -283,9 +288,10 @@ class OneDNNConv:
                  in_place: bool = False, entry: list | None = None) -> Tensor:
         """The fused conv by ``algorithm`` (``in_place``: sum into ``residual``'s buffer where the
         algorithm can). ``entry``: the shape's :meth:`_entry`, for its prepared weight."""
-        if algorithm == "winograd":  # the residual, if any, is read; the output is a new tensor
+        if algorithm in _WINOGRADS:  # the residual, if any, is read; the output is a new tensor
             u = entry[0] if entry is not None else self._winograd_u()
-            return _WINOGRAD(x, u, self._source[2], residual, relu)
+            kernel = "auto" if algorithm == "winograd" else conv1x1.AMX_KERNEL
+            return _WINOGRAD(x, u, self._source[2], residual, relu, kernel)
         if algorithm in ("conv1x1", "conv1x1_amx"):  # this package's 1x1 kernels (.conv1x1)
             kernel = "avx512" if algorithm == "conv1x1" else conv1x1.AMX_KERNEL
             if residual is None:
@@ -342,5 +348,5 @@ class OneDNNConv:
         """The algorithm chosen per (N, H, W) input shape: ``"winograd"`` or ``"direct"``
         (convs and shapes that Winograd cannot take, e.g. images smaller than a tile, are not
         listed)."""
-        return {key: "winograd" if c.algorithm == "winograd" else "direct"
+        return {key: "winograd" if c.algorithm in _WINOGRADS else "direct"
                 for key, c in self._choices.items() if "winograd" in c.candidates}

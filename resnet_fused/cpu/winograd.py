@@ -8,7 +8,9 @@ transformed, ``U[ij] = (G g G^T)[ij]`` as an ((m+2)^2, C_in, C_out) tensor, buil
 fused conv, with BatchNorm's scale folded in and both steps computed in float64 before the one
 rounding to the compute dtype. On CPUs with AVX512_BF16 the op runs AVX-512 pipelines with
 their own GEMM (:func:`pipeline_path`); :func:`pack_filter` puts a bfloat16 filter in that GEMM's
-layout once, when a model is fused.
+layout once, when a model is fused. Where the CPU has AMX, the bfloat16 pipeline can also run its
+GEMMs on AMX tiles (:func:`amx_path`, the op's ``kernel="amx"``), which the CPU fast path
+measures against the other algorithms (it is never chosen by rule).
 
 Whether Winograd is faster than oneDNN's direct convolution depends on the shape: with few tiles
 (a 7x7 layer at batch 1) its GEMMs are starved while its filter, (m+2)^2 / 9 times the direct
@@ -27,11 +29,13 @@ from torch import Tensor
 
 from ..autograd import relu_grad
 from ..backends import env_choice
+from . import conv1x1
 from .capability import avx512_kernels_available
 
-__all__ = ["MIN_TILES", "MIN_TILES_F32_PIPELINE", "POLICIES", "by_rule", "eligible", "min_tiles",
-           "pack_filter", "pipeline_path", "pipelines_available", "policy", "tile_size", "tiles",
-           "transform_filter", "unpack_filter", "winograd_linear", "worthwhile"]
+__all__ = ["AMX_CHANNELS", "MIN_TILES", "MIN_TILES_F32_PIPELINE", "POLICIES", "amx_path",
+           "by_rule", "eligible", "min_tiles", "pack_filter", "pipeline_path",
+           "pipelines_available", "policy", "tile_size", "tiles", "transform_filter",
+           "unpack_filter", "winograd_linear", "worthwhile"]
 
 POLICIES = ("auto", "always", "never")
 
@@ -48,6 +52,8 @@ MIN_TILES = 32
 # tiles) took 0.79-0.86x the direct conv's time there (2026-11-24-cpu-avx512-layers.log), its
 # 7x7 layers (4 tiles) 1.9-2.1x.
 MIN_TILES_F32_PIPELINE = 16
+# The AMX GEMM's granularity in C_in (one tile row of bf16) and C_out (one 32-column block).
+AMX_CHANNELS = 32
 
 # G for F(4,3) and F(2,3), interpolation points 0, +-1, +-2 (and infinity); the input and output
 # transforms B^T and A^T that match these are written out in csrc/cpu/winograd_cpu.h.
@@ -132,6 +138,14 @@ def pipeline_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and c_in % 2 == 0)
 
 
+def amx_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:
+    """True where the bfloat16 pipeline can also run its GEMMs on AMX tiles (the op's
+    ``kernel="amx"``): C_in and C_out multiples of 32, the pipeline available, and
+    :func:`.conv1x1.amx_status` available (the same tiles, the same check)."""
+    return (dtype == torch.bfloat16 and c_in % AMX_CHANNELS == 0 and c_out % AMX_CHANNELS == 0
+            and pipeline_path(dtype, c_in, c_out) and conv1x1.amx_status() == "available")
+
+
 def pack_filter(u: Tensor) -> Tensor:
     """A bfloat16 F(2,3) filter ``(16, C_in, C_out)`` in the op's pair-packed form,
     ``(16, ceil(C_in / 2), C_out, 2)``: input channels in pairs, each output channel's pair
@@ -188,14 +202,14 @@ def winograd_linear(input: Tensor, u: Tensor) -> Tensor:
 
 
 def _winograd_setup(ctx, inputs, output) -> None:
-    input, weight, _bias, _residual, relu = inputs
+    input, weight, _bias, _residual, relu, *_kernel = inputs
     ctx.relu = relu
     ctx.save_for_backward(input, weight, output)
 
 
 def _winograd_backward(ctx, grad: Tensor):
     input, weight, out = ctx.saved_tensors
-    need_input, need_weight, need_bias, need_residual, _ = ctx.needs_input_grad
+    need_input, need_weight, need_bias, need_residual, *_ = ctx.needs_input_grad
     dz = relu_grad(grad, out, ctx.relu)
     d_input = d_weight = None
     if need_input or need_weight:
@@ -208,7 +222,7 @@ def _winograd_backward(ctx, grad: Tensor):
         d_input = next(grads).to(input.dtype) if need_input else None
         d_weight = next(grads).to(weight.dtype) if need_weight else None
     d_bias = dz.float().sum((0, 2, 3)) if need_bias else None
-    return d_input, d_weight, d_bias, dz if need_residual else None, None
+    return d_input, d_weight, d_bias, dz if need_residual else None, None, None
 
 
 torch.library.register_autograd("resnet_fused::winograd_conv3x3", _winograd_backward,
@@ -216,7 +230,7 @@ torch.library.register_autograd("resnet_fused::winograd_conv3x3", _winograd_back
 
 
 @torch.library.register_fake("resnet_fused::winograd_conv3x3")
-def _winograd_conv3x3_fake(input, weight, bias, residual, relu):
+def _winograd_conv3x3_fake(input, weight, bias, residual, relu, kernel="auto"):
     torch._check(input.dim() == 4 and weight.dim() in (3, 4),
                  lambda: "winograd_conv3x3: bad ranks")
     n, _, h, w = input.shape
