@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from amx_choice import rig_amx_fastest
 from test_cpu_conv1x1 import case_id, reference
 from test_cpu_conv1x1 import make_args as conv1x1_case
 
 from resnet_fused import tuning
-from resnet_fused.cpu import conv1x1, onednn
+from resnet_fused.cpu import conv1x1
 from resnet_fused.cpu.capability import cpu_capability
 from resnet_fused.fused import FusedConvBNAct
 from resnet_fused.testing import assert_within_bound, random_bn_params
@@ -187,31 +188,10 @@ def test_opcheck_requires_grad(generator):
 
 @pytest.fixture
 def amx_measured_fastest(tmp_path, monkeypatch):
-    """Measured choices (fresh cache) with the AMX candidate offered as on an AMX CPU but run on
-    the tiles' model, timed as fastest: every timed call that ran the AMX kernel counts 1 us, any
-    other 1 s. Yields the kernels the 1x1 ops were called with."""
-    monkeypatch.setenv("RESNET_FUSED_CPU_CHOICE", "measure")
-    monkeypatch.setenv("RESNET_FUSED_CACHE_DIR", str(tmp_path / "cache"))
+    """The AMX 1x1 kernel offered and measured fastest (tests/amx_choice.py). Yields the kernels
+    the 1x1 ops were called with."""
     monkeypatch.delenv("RESNET_FUSED_CONV1X1", raising=False)
-    monkeypatch.setattr(conv1x1, "amx_status", lambda: "available")
-    monkeypatch.setattr(conv1x1, "AMX_KERNEL", "amx_model")
-    kernels: list[str] = []
-
-    def recording(op):
-        def call(*args):
-            kernels.append(args[-1])
-            return op(*args)
-        return call
-
-    monkeypatch.setattr(onednn, "_CONV1X1", recording(onednn._CONV1X1))
-    monkeypatch.setattr(onednn, "_CONV1X1_", recording(onednn._CONV1X1_))
-
-    def timer(fn, *args, **kwargs):
-        kernels.clear()
-        fn()
-        return 1e-6 if kernels == ["amx_model"] else 1.0
-
-    monkeypatch.setattr(onednn.algorithms, "cpu_timer", timer)
+    kernels = rig_amx_fastest(monkeypatch, tmp_path / "cache", ("_CONV1X1", "_CONV1X1_"))
     tuning.clear()
     yield kernels
     tuning.clear()

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_cpu_winograd import make_args, reference
+from amx_choice import rig_amx_fastest
+from test_cpu_winograd import make_args, pipeline_case_id, reference
 
 from resnet_fused import tuning
-from resnet_fused.cpu import conv1x1, onednn, winograd
+from resnet_fused.cpu import conv1x1, winograd
 from resnet_fused.fused import FusedConvBNAct
 from resnet_fused.testing import assert_within_bound, random_bn_params
 
@@ -62,15 +63,10 @@ CASES = [
 ]
 
 
-def case_id(case) -> str:
-    n, c, k, h, w = case
-    return f"n{n}c{c}k{k}_{h}x{w}"
-
-
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "norelu"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", CASES, ids=pipeline_case_id)
 def test_matches_reference(case, residual, relu, kernel, generator):
     x, weight, scale, shift, res, u = bf16_case(generator, *case, residual)
     ref = reference(x, weight, scale, shift, res, relu)
@@ -152,29 +148,10 @@ def test_opcheck(residual, generator):
 
 @pytest.fixture
 def amx_measured_fastest(tmp_path, monkeypatch):
-    """Measured choices (fresh cache) with the AMX candidates offered as on an AMX CPU but run on
-    the tiles' model, timed as fastest: every timed call that ran Winograd's AMX GEMM counts
-    1 us, any other 1 s. Yields the kernels the Winograd op was called with."""
-    monkeypatch.setenv("RESNET_FUSED_CPU_CHOICE", "measure")
-    monkeypatch.setenv("RESNET_FUSED_CACHE_DIR", str(tmp_path / "cache"))
+    """Winograd's AMX GEMM offered and measured fastest (tests/amx_choice.py). Yields the
+    kernels the Winograd op was called with."""
     monkeypatch.delenv("RESNET_FUSED_WINOGRAD", raising=False)
-    monkeypatch.setattr(conv1x1, "amx_status", lambda: "available")
-    monkeypatch.setattr(conv1x1, "AMX_KERNEL", "amx_model")
-    kernels: list[str] = []
-
-    def recording(*args):
-        kernels.append(args[-1])
-        return real(*args)
-
-    real = onednn._WINOGRAD
-    monkeypatch.setattr(onednn, "_WINOGRAD", recording)
-
-    def timer(fn, *args, **kwargs):
-        kernels.clear()
-        fn()
-        return 1e-6 if kernels == ["amx_model"] else 1.0
-
-    monkeypatch.setattr(onednn.algorithms, "cpu_timer", timer)
+    kernels = rig_amx_fastest(monkeypatch, tmp_path / "cache", ("_WINOGRAD",))
     tuning.clear()
     yield kernels
     tuning.clear()
