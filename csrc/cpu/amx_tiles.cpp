@@ -252,4 +252,11 @@ const std::string& amx_bf16_absent_reason() {
   return reason;
 }
 
+void check_amx_kernel(const char* op, const char* name, c10::ScalarType dtype, bool hardware) {
+  TORCH_CHECK(dtype == c10::ScalarType::BFloat16, op, ": kernel \"", name,
+              "\" needs bfloat16 input (AMX-BF16), got ", dtype);
+  TORCH_CHECK(!hardware || amx_bf16_available(), op, ": kernel \"amx\" cannot run here: ",
+              amx_bf16_absent_reason());
+}
+
 }  // namespace resnet_fused

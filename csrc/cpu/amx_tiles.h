@@ -17,6 +17,7 @@
 // tests run it on every CPU, so the kernel's logic is tested where no AMX exists.
 #pragma once
 
+#include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
@@ -29,6 +30,10 @@ namespace resnet_fused {
 const std::string& amx_bf16_absent_reason();
 
 inline bool amx_bf16_available() { return amx_bf16_absent_reason().empty(); }
+
+// The checks every op's AMX kernel argument shares: `op`'s kernel `name` ("amx" or
+// "amx_model") needs bfloat16 input, and "amx" (`hardware`) a process that runs the tiles.
+void check_amx_kernel(const char* op, const char* name, c10::ScalarType dtype, bool hardware);
 
 namespace amx {
 

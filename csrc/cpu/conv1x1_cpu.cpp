@@ -259,11 +259,9 @@ Shape check_args(const char* op, const at::Tensor& input, const at::Tensor& weig
               weight.scalar_type(), " on ", weight.device());
   if (kernel != Kernel::kAvx512) {
     const char* name = kernel == Kernel::kAmx ? "amx" : "amx_model";
-    TORCH_CHECK(bf16, op, ": kernel \"", name, "\" needs bfloat16 input (AMX-BF16), got ", dtype);
+    check_amx_kernel(op, name, dtype, kernel == Kernel::kAmx);
     TORCH_CHECK(s.c % amx::kStepChannels == 0, op, ": kernel \"", name,
                 "\" needs C_in a multiple of ", amx::kStepChannels, " (one tile row), got ", s.c);
-    TORCH_CHECK(kernel != Kernel::kAmx || amx_bf16_available(), op,
-                ": kernel \"amx\" cannot run here: ", amx_bf16_absent_reason());
   }
   return s;
 }

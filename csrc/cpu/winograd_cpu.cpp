@@ -465,17 +465,14 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
               ": F(4,3) (a 36-plane weight) is for float32 only; ", input.scalar_type(),
               " needs F(2,3), whose error bound it meets");
   if (kernel != GemmKernel::kAvx512) {
-    const std::string name(kernel_name);
-    TORCH_CHECK(input.scalar_type() == at::kBFloat16, op, ": kernel \"", name,
-                "\" needs bfloat16 input (AMX-BF16), got ", input.scalar_type());
+    const char* name = kernel == GemmKernel::kAmx ? "amx" : "amx_model";
+    TORCH_CHECK(winograd::pipelines_available(), op, ": kernel \"", name,
+                "\" runs inside the AVX512_BF16 pipeline, which this CPU lacks");
+    check_amx_kernel(op, name, input.scalar_type(), kernel == GemmKernel::kAmx);
     TORCH_CHECK(input.size(1) % amx::kStepChannels == 0 && k % amx::kBlockColumns == 0, op,
                 ": kernel \"", name, "\" needs C_in and C_out multiples of ",
                 amx::kStepChannels, " (one AMX tile row, one block), got C_in = ",
                 input.size(1), ", C_out = ", k);
-    TORCH_CHECK(winograd::pipelines_available(), op, ": kernel \"", name,
-                "\" runs inside the AVX512_BF16 pipeline, which this CPU lacks");
-    TORCH_CHECK(kernel != GemmKernel::kAmx || amx_bf16_available(), op,
-                ": kernel \"amx\" cannot run here: ", amx_bf16_absent_reason());
   }
   Geometry g{input.size(0), input.size(2), input.size(3), input.size(1), k, 0, 0, 0};
   g.tiles_h = (g.h + m - 1) / m;

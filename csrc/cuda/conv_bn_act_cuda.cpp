@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../checks.h"
@@ -246,35 +247,17 @@ at::Tensor aligned_vector(const at::Tensor& t) {
 }
 
 #ifdef RESNET_FUSED_WITH_SM90
-static_assert(sm90::kNumConfigs == 7, "one csrc/sm90/cutlass_conv_config<i>.cu per configuration");
-
-const char* sm90_launch(const sm90::ConvPlan& plan, const sm90::ConvPointers& ptrs,
-                        cudaStream_t stream) {
-  switch (plan.config) {
-    case 0: return sm90::launch_config<0>(plan, ptrs, stream);
-    case 1: return sm90::launch_config<1>(plan, ptrs, stream);
-    case 2: return sm90::launch_config<2>(plan, ptrs, stream);
-    case 3: return sm90::launch_config<3>(plan, ptrs, stream);
-    case 4: return sm90::launch_config<4>(plan, ptrs, stream);
-    case 5: return sm90::launch_config<5>(plan, ptrs, stream);
-    case 6: return sm90::launch_config<6>(plan, ptrs, stream);
-    default: return "sm90_cutlass: no such configuration";
-  }
+// Each configuration's launcher and workspace size, by its index in sm90::kConfigs: one
+// csrc/sm90/cutlass_conv_config<i>.cu per entry defines them (a missing one fails the link).
+struct Sm90Config {
+  const char* (*launch)(const sm90::ConvPlan&, const sm90::ConvPointers&, cudaStream_t);
+  size_t (*workspace)(const sm90::ConvPlan&, const sm90::ConvPointers&);
+};
+template <int... I>
+constexpr std::array<Sm90Config, sizeof...(I)> sm90_configs(std::integer_sequence<int, I...>) {
+  return {Sm90Config{&sm90::launch_config<I>, &sm90::workspace_config<I>}...};
 }
-
-// Device workspace bytes of the plan's configuration (stream-K's; 0 for the others).
-size_t sm90_workspace_bytes(const sm90::ConvPlan& plan) {
-  switch (plan.config) {
-    case 0: return sm90::workspace_config<0>(plan);
-    case 1: return sm90::workspace_config<1>(plan);
-    case 2: return sm90::workspace_config<2>(plan);
-    case 3: return sm90::workspace_config<3>(plan);
-    case 4: return sm90::workspace_config<4>(plan);
-    case 5: return sm90::workspace_config<5>(plan);
-    case 6: return sm90::workspace_config<6>(plan);
-    default: return 0;
-  }
-}
+constexpr auto kSm90Configs = sm90_configs(std::make_integer_sequence<int, sm90::kNumConfigs>{});
 #endif
 
 at::Tensor conv_bn_act_sm90(const at::Tensor& input, const at::Tensor& weight,
@@ -312,16 +295,19 @@ at::Tensor conv_bn_act_sm90(const at::Tensor& input, const at::Tensor& weight,
   ptrs.shift = shift_a.const_data_ptr<float>();
   ptrs.residual = res.defined() ? res.const_data_ptr() : nullptr;
   ptrs.output = out.mutable_data_ptr();
+  ptrs.device = input.device().index();
+  ptrs.sm_count = device_info(input.device().index()).num_sms;
+  const Sm90Config& kernel = kSm90Configs.at(plan.config);
   // Stream-K's scratch, from PyTorch's caching allocator: stream-ordered (freed here, reused
   // only after this kernel on this stream) and capturable into CUDA graphs.
   at::Tensor workspace;
-  ptrs.workspace_size = sm90_workspace_bytes(plan);
+  ptrs.workspace_size = kernel.workspace(plan, ptrs);
   if (ptrs.workspace_size > 0) {
     workspace = at::empty({static_cast<int64_t>(ptrs.workspace_size)},
                           input.options().dtype(at::kByte));
     ptrs.workspace = workspace.mutable_data_ptr();
   }
-  const char* err = sm90_launch(plan, ptrs, c10::cuda::getCurrentCUDAStream().stream());
+  const char* err = kernel.launch(plan, ptrs, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == nullptr, "conv_bn_act_cuda_impl: ", err);
 #endif
   return out;

@@ -249,7 +249,7 @@ const char* launch(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t 
 
 // The conv kernel is not persistent and takes no workspace.
 template <int Config>
-size_t no_workspace(const ConvPlan&) {
+size_t no_workspace(const ConvPlan&, const ConvPointers&) {
   return 0;
 }
 
@@ -269,8 +269,8 @@ size_t no_workspace(const ConvPlan&) {
     return detail::LAUNCH<I>(plan, ptrs, stream);                                       \
   }                                                                                     \
   template <>                                                                           \
-  size_t workspace_config<I>(const ConvPlan& plan) {                                    \
-    return detail::WORKSPACE<I>(plan);                                                  \
+  size_t workspace_config<I>(const ConvPlan& plan, const ConvPointers& ptrs) {          \
+    return detail::WORKSPACE<I>(plan, ptrs);                                            \
   }                                                                                     \
   }                                                                                     \
   }

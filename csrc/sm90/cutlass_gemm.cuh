@@ -74,21 +74,14 @@ struct GemmKernel {
   using Op = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
-// The device's SM count (the persistent schedulers size their grid, and stream-K its
-// workspace, by it); nullptr or what failed.
-inline const char* hardware_info(cutlass::KernelHardwareInfo& hw_info) {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return "sm90_cutlass: cudaGetDevice failed";
-  hw_info.device_id = device;
-  hw_info.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
-  return nullptr;
-}
-
-// The GEMM adapter's arguments for a plan and its pointers (null pointers: for sizing only).
+// The GEMM adapter's arguments for a plan and its pointers (the persistent schedulers size
+// their grid, and stream-K its workspace, by ptrs.sm_count; for sizing, the pointers are unread).
 template <class K>
-typename K::Op::Arguments gemm_arguments(const ConvPlan& plan, const ConvPointers& ptrs,
-                                         const cutlass::KernelHardwareInfo& hw_info) {
+typename K::Op::Arguments gemm_arguments(const ConvPlan& plan, const ConvPointers& ptrs) {
   using Element = typename K::Mainloop::ElementA;
+  cutlass::KernelHardwareInfo hw_info;
+  hw_info.device_id = ptrs.device;
+  hw_info.sm_count = ptrs.sm_count;
   const int m = static_cast<int>(plan.gemm_m);
   const int n = static_cast<int>(plan.gemm_n);
   const int k = static_cast<int>(plan.gemm_k);
@@ -123,9 +116,7 @@ typename K::Op::Arguments gemm_arguments(const ConvPlan& plan, const ConvPointer
 
 template <class K>
 const char* run_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStream_t stream) {
-  cutlass::KernelHardwareInfo hw_info;
-  if (const char* err = hardware_info(hw_info)) return err;
-  return launch_op<typename K::Op>(gemm_arguments<K>(plan, ptrs, hw_info), ptrs, stream);
+  return launch_op<typename K::Op>(gemm_arguments<K>(plan, ptrs), ptrs, stream);
 }
 
 template <int Config>
@@ -136,16 +127,13 @@ const char* launch_gemm(const ConvPlan& plan, const ConvPointers& ptrs, cudaStre
   });
 }
 
-// Workspace bytes of a GEMM configuration for the plan on the current device (0 if the device
-// cannot be queried: the launch then reports that itself).
+// Workspace bytes of a GEMM configuration for the plan on ptrs' device.
 template <int Config>
-size_t gemm_workspace(const ConvPlan& plan) {
+size_t gemm_workspace(const ConvPlan& plan, const ConvPointers& ptrs) {
   size_t bytes = 0;
   by_dtype_and_residual(plan, [&](auto element, auto residual) -> const char* {
     using K = GemmKernel<decltype(element), Config, decltype(residual)::value>;
-    cutlass::KernelHardwareInfo hw_info;
-    if (const char* err = hardware_info(hw_info)) return err;
-    bytes = K::Op::get_workspace_size(gemm_arguments<K>(plan, ConvPointers{}, hw_info));
+    bytes = K::Op::get_workspace_size(gemm_arguments<K>(plan, ptrs));
     return nullptr;
   });
   return bytes;

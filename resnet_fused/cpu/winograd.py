@@ -32,7 +32,7 @@ from ..backends import env_choice
 from . import conv1x1
 from .capability import avx512_kernels_available
 
-__all__ = ["AMX_CHANNELS", "MIN_TILES", "MIN_TILES_F32_PIPELINE", "POLICIES", "amx_path",
+__all__ = ["MIN_TILES", "MIN_TILES_F32_PIPELINE", "POLICIES", "amx_path",
            "by_rule", "eligible", "min_tiles", "pack_filter", "pipeline_path",
            "pipelines_available", "policy", "tile_size", "tiles", "transform_filter",
            "unpack_filter", "winograd_linear", "worthwhile"]
@@ -52,8 +52,6 @@ MIN_TILES = 32
 # tiles) took 0.79-0.86x the direct conv's time there (2026-11-24-cpu-avx512-layers.log), its
 # 7x7 layers (4 tiles) 1.9-2.1x.
 MIN_TILES_F32_PIPELINE = 16
-# The AMX GEMM's granularity in C_in (one tile row of bf16) and C_out (one 32-column block).
-AMX_CHANNELS = 32
 
 # G for F(4,3) and F(2,3), interpolation points 0, +-1, +-2 (and infinity); the input and output
 # transforms B^T and A^T that match these are written out in csrc/cpu/winograd_cpu.h.
@@ -140,10 +138,10 @@ def pipeline_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:
 
 def amx_path(dtype: torch.dtype, c_in: int, c_out: int) -> bool:
     """True where the bfloat16 pipeline can also run its GEMMs on AMX tiles (the op's
-    ``kernel="amx"``): C_in and C_out multiples of 32, the pipeline available, and
-    :func:`.conv1x1.amx_status` available (the same tiles, the same check)."""
-    return (dtype == torch.bfloat16 and c_in % AMX_CHANNELS == 0 and c_out % AMX_CHANNELS == 0
-            and pipeline_path(dtype, c_in, c_out) and conv1x1.amx_status() == "available")
+    ``kernel="amx"``): where the 1x1 AMX kernel could take C_in (:func:`.conv1x1.amx_path`: the
+    same tiles, the same check), C_out a multiple of its 32-column block, the pipeline available."""
+    return (conv1x1.amx_path(dtype, c_in) and c_out % conv1x1.AMX_STEP == 0
+            and pipeline_path(dtype, c_in, c_out))
 
 
 def pack_filter(u: Tensor) -> Tensor:
