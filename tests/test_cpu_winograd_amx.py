@@ -143,6 +143,14 @@ def test_opcheck(residual, generator):
     torch.library.opcheck(OP, (x, u, shift, res, True, "amx_model"))
 
 
+def test_opcheck_requires_grad(generator):
+    """The op's backward (the filter's transform differentiated, whatever kernel ran the forward)
+    with every differentiable argument requiring grad."""
+    x, _weight, _scale, shift, res, u = bf16_case(generator, 1, 32, 32, 4, 5, True)
+    torch.library.opcheck(OP, (x.requires_grad_(), u.requires_grad_(), shift.requires_grad_(),
+                               res.requires_grad_(), True, "amx_model"))
+
+
 # --- the CPU fast path ---------------------------------------------------------------------------
 
 
